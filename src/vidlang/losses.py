@@ -1,0 +1,89 @@
+"""TACo's losses and cascade sampling as small pure functions on tensors.
+
+Conventions: a batch holds B (video, text) pairs with positives on the diagonal;
+score matrices are indexed ``[text, video]``. Equations refer to TACo (ICCV 2021).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sentence_scores(video_pooled: torch.Tensor, text_cls: torch.Tensor) -> torch.Tensor:
+    """s1[i, j] = x̄_j · ȳ_i, shape (texts, videos)."""
+    return text_cls @ video_pooled.T
+
+
+def sentence_loss(scores: torch.Tensor, tau: float = 1.0, symmetric: bool = True, reduction: str = "mean"):
+    """L1, Eq. 3: softmax over videos for each text (plus over texts for each video when symmetric)."""
+    logits = scores / tau
+    target = torch.arange(len(logits), device=logits.device)
+    loss = F.cross_entropy(logits, target, reduction=reduction)
+    if symmetric:
+        loss = (loss + F.cross_entropy(logits.T, target, reduction=reduction)) / 2
+    return loss
+
+
+def token_scores(video_tokens: torch.Tensor, video_mask: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+    """s(x_j, y_i^p) = max over frames k of x_j^k · y_i^p (Eq. 4), shape (texts, videos, text tokens)."""
+    sim = torch.einsum("ipd,jkd->ijpk", text_tokens, video_tokens)
+    sim = sim.masked_fill(~video_mask[None, :, None, :], torch.finfo(sim.dtype).min)
+    return sim.amax(-1)
+
+
+def token_loss(token_sim: torch.Tensor, weights: torch.Tensor, tau: float = 1.0, reduction: str = "mean"):
+    """L2, Eq. 4: for each token of interest p of text i, softmax over videos j of s(x_j, y_i^p).
+
+    ``weights`` (texts, tokens) are the normalised IDF weights (zero off the tokens of interest).
+    Texts with no token of interest are skipped. Returns (loss, number of texts used).
+    """
+    logits = token_sim.permute(0, 2, 1) / tau  # (texts, tokens, videos)
+    target = torch.arange(len(logits), device=logits.device)[:, None].expand(logits.shape[:2])
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+    per_text = (nll.view(target.shape) * weights).sum(1)
+    used = weights.sum(1) > 0
+    count = int(used.sum())
+    if count == 0:
+        return token_sim.sum() * 0.0, 0
+    total = per_text[used].sum()
+    return (total / count if reduction == "mean" else total), count
+
+
+def alignment_scores(s1: torch.Tensor, token_sim: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Cascade score (§1.4): x̄_j·ȳ_i + Σ_{p∈P_i} s(x_j, y_i^p), computed from the L1/L2 terms."""
+    interest = (weights > 0).to(token_sim.dtype)
+    return s1 + torch.einsum("ijp,ip->ij", token_sim, interest)
+
+
+def hard_negatives(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k negatives by alignment score: videos for each text, texts for each video (§1.4)."""
+    k = min(k, scores.shape[0] - 1)
+    masked = scores.detach().clone()
+    masked.fill_diagonal_(float("-inf"))
+    videos_for_text = masked.topk(k, dim=1).indices
+    texts_for_video = masked.T.topk(k, dim=1).indices
+    return videos_for_text, texts_for_video
+
+
+def random_negatives(n: int, k: int, generator: torch.Generator | None = None, device=None):
+    """The baseline: k uniformly drawn negatives (never the positive) per text and per video."""
+    k = min(k, n - 1)
+
+    def draw() -> torch.Tensor:
+        offsets = torch.stack([torch.randperm(n - 1, generator=generator)[:k] for _ in range(n)]) + 1
+        return (torch.arange(n)[:, None] + offsets) % n
+
+    return draw().to(device), draw().to(device)
+
+
+def fusion_loss(pos: torch.Tensor, neg_videos: torch.Tensor, neg_texts: torch.Tensor, reduction: str = "mean"):
+    """L3, Eq. 5 over sampled negatives.
+
+    pos: (B,) fusion logits w·z^cls of the positive pairs.
+    neg_videos: (B, k) logits of (text i, negative video) pairs; neg_texts: (B, k) of (video i, negative text).
+    For each text a softmax over {positive + its negatives}, the same for each video; the two are averaged.
+    """
+    target = torch.zeros(len(pos), dtype=torch.long, device=pos.device)
+    text_side = F.cross_entropy(torch.cat([pos[:, None], neg_videos], 1), target, reduction=reduction)
+    video_side = F.cross_entropy(torch.cat([pos[:, None], neg_texts], 1), target, reduction=reduction)
+    return (text_side + video_side) / 2

@@ -1,0 +1,162 @@
+"""Shared building blocks: video encoder, text encoder and fusion encoder.
+
+TACo (``taco.py``) and MV-GPT (``mvgpt.py``) are assembled from these.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Encoded:
+    """A token sequence with its padding mask (True = real token) and a pooled vector."""
+
+    tokens: torch.Tensor  # (B, N, d)
+    mask: torch.Tensor  # (B, N) bool
+    pooled: torch.Tensor  # (B, d)
+
+
+def _transformer(width: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        width, heads, dim_feedforward=4 * width, dropout=dropout, activation="gelu", batch_first=True
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class VideoEncoder(nn.Module):
+    """Frame features -> linear projection + temporal position embedding -> N self-attention layers.
+
+    The pooled output is the mean of the video tokens (TACo's x̄).
+    """
+
+    def __init__(self, in_dim: int, width: int, layers: int, heads: int, max_positions: int, dropout: float):
+        super().__init__()
+        self.in_dim = in_dim
+        self.project = nn.Linear(in_dim, width)
+        self.position = nn.Embedding(max_positions, width)
+        self.norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = _transformer(width, heads, layers, dropout) if layers > 0 else None
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> Encoded:
+        steps = features.shape[1]
+        if steps > self.position.num_embeddings:
+            raise ValueError(f"{steps} frames exceed max_video_positions={self.position.num_embeddings}")
+        x = self.project(features) + self.position.weight[:steps]
+        x = self.dropout(self.norm(x))
+        if self.layers is not None:
+            x = self.layers(x, src_key_padding_mask=~mask)
+        x = x * mask.unsqueeze(-1).to(x.dtype)
+        return Encoded(x, mask, masked_mean(x, mask))
+
+
+_FROZEN_OUTPUTS: dict[str, dict[tuple[int, ...], torch.Tensor]] = {}
+
+
+class TextEncoder(nn.Module):
+    """A Hugging Face BERT-family encoder, projected to the joint width.
+
+    ``trainable_layers``: -1 fine-tunes everything (the paper); 0 freezes the encoder,
+    whose outputs are then cached per token sequence (exact: frozen means eval mode);
+    N > 0 fine-tunes only the top N layers. The pooled output is the ``[CLS]`` token (TACo's ȳ).
+    """
+
+    def __init__(self, name_or_path: str, width: int | None, trainable_layers: int = -1, config_only: bool = False,
+                 pooling: str = "cls"):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # the unused BERT pooler is reported as 'unexpected' otherwise
+
+        from vidlang.text.pretrained import resolve_text_encoder
+
+        path = resolve_text_encoder(name_or_path)
+        if config_only:  # weights come from a vidlang checkpoint right after
+            self.bert = AutoModel.from_config(AutoConfig.from_pretrained(path), add_pooling_layer=False)
+        else:
+            self.bert = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        hidden = self.bert.config.hidden_size
+        self.width = width or hidden
+        self.project = nn.Identity() if self.width == hidden else nn.Linear(hidden, self.width)
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"text pooling must be 'cls' or 'mean', not {pooling!r}")
+        self.pooling = pooling
+        self.trainable_layers = trainable_layers
+        # frozen outputs depend only on the pretrained weights: share them across models of a process
+        self._cache = _FROZEN_OUTPUTS.setdefault(str(path), {}) if trainable_layers == 0 and not config_only else {}
+        if trainable_layers >= 0:
+            self.bert.requires_grad_(False)
+            if trainable_layers > 0:
+                for layer in self.bert.encoder.layer[-trainable_layers:]:
+                    layer.requires_grad_(True)
+
+    @property
+    def frozen(self) -> bool:
+        return self.trainable_layers == 0
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.bert.eval()
+        return self
+
+    def _bert(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.frozen:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        lengths = attention_mask.sum(1).tolist()
+        keys = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths)]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            with torch.no_grad():
+                out = self.bert(input_ids=input_ids[missing], attention_mask=attention_mask[missing]).last_hidden_state
+            for row, i in enumerate(missing):
+                self._cache[keys[i]] = out[row, : lengths[i]].detach()
+        hidden = input_ids.new_zeros((*input_ids.shape, self.bert.config.hidden_size), dtype=torch.float32)
+        for i, key in enumerate(keys):
+            hidden[i, : lengths[i]] = self._cache[key]
+        return hidden
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+        tokens = self.project(self._bert(input_ids, attention_mask))
+        mask = attention_mask.bool()
+        return Encoded(tokens, mask, tokens[:, 0] if self.pooling == "cls" else masked_mean(tokens, mask))
+
+
+class FusionEncoder(nn.Module):
+    """Joint self-attention over ``[text tokens; video tokens]`` with token-type and position embeddings.
+
+    Returns the output at the text ``[CLS]`` position (index 0), z^cls.
+    """
+
+    def __init__(self, width: int, layers: int, heads: int, max_positions: int, dropout: float):
+        super().__init__()
+        self.token_type = nn.Embedding(2, width)  # 0 = text, 1 = video
+        self.position = nn.Embedding(max_positions, width)
+        self.norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = _transformer(width, heads, layers, dropout)
+
+    def forward(self, text: Encoded, video: Encoded) -> torch.Tensor:
+        x = torch.cat([text.tokens, video.tokens], 1)
+        mask = torch.cat([text.mask, video.mask], 1)
+        if x.shape[1] > self.position.num_embeddings:
+            raise ValueError(f"fusion sequence of {x.shape[1]} exceeds {self.position.num_embeddings} positions")
+        types = torch.cat([torch.zeros_like(text.mask), torch.ones_like(video.mask)], 1).long()
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # count real tokens only: padding-invariant
+        x = x + self.token_type(types) + self.position(positions)
+        x = self.layers(self.dropout(self.norm(x)), src_key_padding_mask=~mask)
+        return x[:, 0]
+
+
+def select(encoded: Encoded, index: torch.Tensor) -> Encoded:
+    """Rows ``index`` of an encoded batch (used to build fusion pairs)."""
+    return Encoded(encoded.tokens[index], encoded.mask[index], encoded.pooled[index])

@@ -1,0 +1,154 @@
+"""Configs: defaults, YAML recipes, key=value overrides, and errors that name the key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vidlang.config import Config, config_from_dict, load_config, parse_overrides, save_config
+from vidlang.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "configs" / "taco").glob("*.yaml")) + sorted((REPO / "src" / "vidlang" / "recipes").glob("*.yaml"))
+
+
+def test_defaults_are_the_paper_setting():
+    cfg = load_config()
+    assert cfg.model.name == "taco"
+    assert cfg.model.text_trainable_layers == -1  # fine-tune the text encoder
+    assert cfg.loss.pos_tags == ["NOUN", "VERB"]
+    assert cfg.loss.token_weight == 0.5 and cfg.eval.token_scale == 0.5
+    assert cfg.loss.negatives == "cascade"
+    assert cfg.train.text_lr is None and cfg.data.feature_fps is None
+    assert cfg.data.skip_bad is False
+    # every call gets fresh defaults (no shared mutable list)
+    cfg.loss.pos_tags.append("ADJ")
+    assert load_config().loss.pos_tags == ["NOUN", "VERB"]
+
+
+def test_yaml_recipe_then_overrides():
+    cfg = load_config(REPO / "configs" / "taco" / "msrvtt-ae128.yaml", ["train.steps=7", "model.width=32"])
+    # recipe values
+    assert cfg.data.root == "../shared/data/msrvtt-ae128-dev"
+    assert cfg.data.train_split == "index:0:700" and cfg.data.max_frames == 12
+    assert cfg.model.dropout == 0.0 and cfg.train.lr == pytest.approx(1e-4)
+    # overrides win over the recipe
+    assert cfg.train.steps == 7 and cfg.model.width == 32
+    # keys the recipe does not name keep their defaults
+    assert cfg.loss.tau_sentence == 1.0 and cfg.train.grad_clip == 1.0 and cfg.eval.rerank_topk == 20
+
+
+@pytest.mark.parametrize(
+    "override, section, key, expected",
+    [
+        ("train.steps=12", "train", "steps", 12),
+        ("train.lr=3e-4", "train", "lr", 3e-4),  # YAML 1.1 reads 3e-4 as a string: still a float
+        ("train.lr=0.5", "train", "lr", 0.5),
+        ("train.grad_clip=2", "train", "grad_clip", 2.0),
+        ("data.skip_bad=true", "data", "skip_bad", True),
+        ("model.normalize=yes", "model", "normalize", True),
+        ("loss.symmetric=false", "loss", "symmetric", False),
+        ("loss.pos_tags=[NOUN]", "loss", "pos_tags", ["NOUN"]),
+        ("loss.pos_tags=[]", "loss", "pos_tags", []),
+        ("loss.pos_tags=NOUN,VERB,ADJ", "loss", "pos_tags", ["NOUN", "VERB", "ADJ"]),
+        ("loss.pos_tags=NOUN, ADJ", "loss", "pos_tags", ["NOUN", "ADJ"]),
+        ("train.text_lr=none", "train", "text_lr", None),
+        ("train.text_lr=null", "train", "text_lr", None),
+        ("train.text_lr=1e-5", "train", "text_lr", 1e-5),
+        ("data.feature_fps=2.5", "data", "feature_fps", 2.5),
+        ("data.val_split=none", "data", "val_split", "none"),
+        ("train.out_dir=runs/x=y", "train", "out_dir", "runs/x=y"),  # split on the first '=' only
+    ],
+)
+def test_overrides_are_typed(override, section, key, expected):
+    cfg = load_config(None, [override])
+    value = getattr(getattr(cfg, section), key)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.lrr=1", "train.lrr"),
+        ("trainer.steps=5", "trainer"),
+        ("model.width.x=3", "model.width"),  # a value, not a section
+        ("model=3", "model"),  # a section, not a value
+    ],
+)
+def test_unknown_or_misplaced_key_names_it(override, named):
+    with pytest.raises(ConfigError, match=f"'{named}'"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("train.steps=abc", "train.steps"),
+        ("train.steps=1.5", "train.steps"),
+        ("train.steps=yes", "train.steps"),  # YAML reads a bool: not silently int(True) == 1
+        ("train.steps=null", "train.steps"),
+        ("train.lr=fast", "train.lr"),
+        ("train.lr=[1]", "train.lr"),
+        ("train.out_dir=[a, b]", "train.out_dir"),
+        ("data.skip_bad=maybe", "data.skip_bad"),
+        ("loss.pos_tags={a: 1}", "loss.pos_tags"),
+        ("train.text_lr=quick", "train.text_lr"),
+    ],
+)
+def test_wrong_type_names_the_key(override, named):
+    with pytest.raises(ConfigError, match=f"'{named}'"):
+        load_config(None, [override])
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="train.steps"):
+        parse_overrides(["train.steps"])
+
+
+def test_unknown_key_inside_yaml_names_it(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  steps: 3\n  lrr: 0.1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="'train.lrr'"):
+        load_config(recipe)
+    recipe.write_text("trian:\n  steps: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="'trian'"):
+        load_config(recipe)
+    recipe.write_text("train:\n  steps: three\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="'train.steps'"):
+        load_config(recipe)
+    recipe.write_text("- train\n- steps\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(recipe)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_empty_yaml_is_the_defaults(tmp_path):
+    recipe = tmp_path / "empty.yaml"
+    recipe.write_text("# nothing\n", encoding="utf-8")
+    assert load_config(recipe) == Config()
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_loads(recipe):
+    raw = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    cfg = load_config(recipe)
+    # every value the recipe gives arrives in the config
+    for section, values in raw.items():
+        for key, value in values.items():
+            got = getattr(getattr(cfg, section), key)
+            assert got == value, f"{recipe.name}: {section}.{key} = {got!r}, recipe says {value!r}"
+    assert cfg.model.name == "taco"
+
+
+def test_recipes_exist():
+    assert len(RECIPES) >= 2
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_config(None, ["train.text_lr=2e-5", "loss.pos_tags=[NOUN]", "data.feature_fps=1.5", "train.steps=9"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text(encoding="utf-8")))
+    assert again == cfg
