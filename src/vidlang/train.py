@@ -66,6 +66,7 @@ def build_experiment(cfg: Config) -> Experiment:
     common = dict(max_frames=cfg.data.max_frames, max_words=cfg.data.max_words, skip_bad=cfg.data.skip_bad)
     train_set = VideoTextDataset(train_clips, source.store, tokenizer, token_weighter=weighter, **common)
     val_set = VideoTextDataset(val_clips, source.store, tokenizer, token_weighter=weighter, **common) if val_clips else None
+    torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
     model = TACo(cfg.model, source.store.dim)
     manifest = source.manifest(train=train_set.clips, validation=val_set.clips if val_set else [])
     manifest["skipped_by_dataset"] = {"train": dict(train_set.skipped), "validation": dict(val_set.skipped) if val_set else {}}

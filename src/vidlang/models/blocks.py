@@ -45,6 +45,7 @@ class VideoEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
         self.layers = _transformer(width, heads, layers, dropout) if layers > 0 else None
+        nn.init.normal_(self.position.weight, std=0.02)  # BERT-style: N(0, 1) would drown the features
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> Encoded:
         steps = features.shape[1]
@@ -144,6 +145,8 @@ class FusionEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
         self.layers = _transformer(width, heads, layers, dropout)
+        nn.init.normal_(self.token_type.weight, std=0.02)
+        nn.init.normal_(self.position.weight, std=0.02)
 
     def forward(self, text: Encoded, video: Encoded) -> torch.Tensor:
         x = torch.cat([text.tokens, video.tokens], 1)

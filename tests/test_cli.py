@@ -1,0 +1,179 @@
+"""The ``vidlang`` command line (train / evaluate) and ``vidlang.api.search``, end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_data, tiny_overrides, write_recipe
+from vidlang.cli import main
+
+METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R@1", "R@5", "R@10", "R@50", "MedR", "MeanR")]
+
+
+def test_train_command(tmp_path, data_dir, capsys):
+    recipe = write_recipe(tmp_path / "recipe.yaml", data_dir)
+    out = tmp_path / "run"
+    code = main(["train", str(recipe), *tiny_overrides(out, data_dir, "train.steps=3"), "--quiet"])
+    assert code == 0
+    assert (out / "latest").read_text().strip() == "step-000003"
+    assert (out / "best").read_text().strip() == "step-000003"
+    printed = capsys.readouterr().out
+    assert "done: 3 steps" in printed and str(out) in printed
+    # the recipe's values survive where no override touches them
+    cfg = (out / "config.yaml").read_text()
+    assert "max_words: 30" in cfg and "width: 16" in cfg and f"root: {data_dir}" in cfg
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [("train.lrr=1", "train.lrr"), ("losss.token_weight=1", "losss"), ("train.steps=abc", "train.steps")],
+)
+def test_train_command_bad_config_key(tmp_path, data_dir, capsys, override, named):
+    recipe = write_recipe(tmp_path / "recipe.yaml", data_dir)
+    code = main(["train", str(recipe), *tiny_overrides(tmp_path / "run", data_dir), override])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vidlang: error:") and f"'{named}'" in err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_train_command_missing_recipe(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+
+
+def _evaluate(capsys, *args: str) -> dict:
+    assert main(["evaluate", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_every_video_of_the_folder(trained_run, data_dir, capsys, tmp_path):
+    result = _evaluate(capsys, str(trained_run["out_dir"]), "--data", str(data_dir))
+    assert result["split"] == f"{data_dir.name}:all" and result["scoring"] == "exact"
+    m = result["metrics"]
+    for key in METRIC_KEYS:
+        assert key in m, key
+    assert m["num_videos"] == 24 and m["num_texts"] == 72  # train and validation videos: every one
+    for d, candidates in (("t2v", 24), ("v2t", 72)):
+        r = [m[f"{d}_R@{k}"] for k in (1, 5, 10, 50)]
+        assert all(0 <= x <= 100 for x in r) and r == sorted(r)
+        assert 1 <= m[f"{d}_MedR"] <= candidates and 1 <= m[f"{d}_MeanR"] <= candidates
+    assert m["t2v_R@50"] == 100  # only 24 videos to rank
+    written = json.loads(Path(result["result_file"]).read_text())
+    assert written["metrics"] == m and written["split"] == result["split"]
+    assert Path(result["result_file"]).parent == trained_run["out_dir"] / (trained_run["out_dir"] / "best").read_text().strip() / "results"
+
+    # an explicit output path and scoring
+    out = tmp_path / "res.json"
+    s1 = _evaluate(capsys, str(trained_run["out_dir"]), "--data", str(data_dir), "--scoring", "s1", "--out", str(out))
+    assert s1["scoring"] == "s1" and json.loads(out.read_text())["scoring"] == "s1"
+    assert s1["metrics"]["num_videos"] == 24
+
+
+def test_evaluate_split_file(trained_run, data_dir, capsys, tmp_path):
+    ids = tmp_path / "five.txt"
+    ids.write_text("# five validation videos\nvideo16\nvideo18\n\nvideo20\nvideo22\nvideo23\n")
+    result = _evaluate(capsys, str(trained_run["out_dir"] / "step-000006"), "--data", str(data_dir),
+                       "--split", str(ids))
+    assert result["split"] == f"{data_dir.name}:five.txt"
+    assert result["metrics"]["num_videos"] == 5 and result["metrics"]["num_texts"] == 15
+
+
+def test_evaluate_wrong_feature_dim(trained_run, tmp_path, capsys):
+    other = make_data(tmp_path / "wide", dim=10)
+    assert main(["evaluate", str(trained_run["out_dir"]), "--data", str(other), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "dim 10" in err and "expects 8" in err
+
+
+def test_evaluate_split_with_unknown_video(trained_run, data_dir, tmp_path, capsys):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("video1\nvideo2\n")
+    ann = json.loads((data_dir / "annotations.json").read_text())
+    ann["video99"] = {"split": "validate", "captions": ["a cat eats a fish"]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    ids.write_text("video1\nvideo2\nvideo99\n")
+    args = ["evaluate", str(trained_run["out_dir"]), "--data", str(data_dir), "--split", str(ids),
+            "--annotations", str(tmp_path / "ann.json"), "--json"]
+    assert main(args) == 2
+    assert "video99" in capsys.readouterr().err
+    result = _evaluate(capsys, *args[1:-1], "--skip-bad")  # skipped and counted
+    assert result["metrics"]["num_videos"] == 2
+    extra = json.loads(Path(result["result_file"]).read_text())["extra"]
+    assert extra["skipped"] == {"missing_video": 1}
+
+
+def test_evaluate_without_checkpoint(tmp_path, data_dir, capsys):
+    assert main(["evaluate", str(tmp_path), "--data", str(data_dir)]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- search
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    from vidlang.api import load_model
+
+    return load_model(trained_run["out_dir"])
+
+
+def test_search_returns_top_k_sorted(loaded, data_dir):
+    from vidlang.api import search
+
+    (hits,) = search(loaded, "a man slices a tomato", data_dir, k=3)
+    assert len(hits) == 3
+    ids = [v for v, _ in hits]
+    scores = [s for _, s in hits]
+    assert len(set(ids)) == 3 and all(v.startswith("video") for v in ids)
+    assert scores == sorted(scores, reverse=True)
+    two = search(loaded, ["a man slices a tomato", "a dog eats a cake"], data_dir, k=30)
+    assert len(two) == 2 and len(two[0]) == 24  # k past the store size: every video
+    assert two[0][:3] == hits
+
+
+def test_search_exact_equals_brute_force(loaded, data_dir):
+    from vidlang.api import encode_text, encode_video, search
+    from vidlang.data.features import open_store
+    from vidlang.scoring import score_matrix
+
+    query = "a man slices a tomato"
+    (hits,) = search(loaded, query, data_dir, k=5, scoring="exact")
+    store = open_store(data_dir)
+    videos = encode_video(loaded, [store[v] for v in store.ids])
+    texts = encode_text(loaded, [query])
+    e = loaded.cfg.eval
+    sim = score_matrix(loaded.model, videos, texts, "exact", e.token_scale, e.rerank_topk, e.batch_pairs)[0]
+    order = sim.argsort(descending=True)[:5].tolist()
+    assert [v for v, _ in hits] == [store.ids[j] for j in order]
+    assert [s for _, s in hits] == pytest.approx(sim[order].tolist(), abs=1e-5)
+
+    # and by hand, one video at a time: s1 + 0.5 * s2 + s3 with the model's own score functions
+    m, t = loaded.model, texts.encoded
+    by_hand = []
+    with torch.no_grad():
+        for j in range(len(store.ids)):
+            v = type(videos.encoded)(videos.encoded.tokens[j:j + 1], videos.encoded.mask[j:j + 1],
+                                     videos.encoded.pooled[j:j + 1])
+            s1 = m.sentence_scores(v, t)[0, 0]
+            s2 = (m.token_similarities(v, t)[0, 0] * texts.weights[0]).sum()
+            s3 = m.fusion_scores(v, t, torch.tensor([0]), torch.tensor([0]))[0]
+            by_hand.append(float(s1 + e.token_scale * s2 + s3))
+    assert by_hand == pytest.approx(sim.tolist(), abs=1e-4)
+
+
+def test_search_bad_query(loaded, data_dir):
+    from vidlang.api import search
+    from vidlang.errors import DataError
+
+    with pytest.raises(DataError, match="empty"):
+        search(loaded, "   ", data_dir)
+
+
+def test_search_wrong_dim_store(loaded, tmp_path):
+    from vidlang.api import search
+    from vidlang.errors import DataError
+
+    with pytest.raises(DataError, match="dim"):
+        search(loaded, "a dog", make_data(tmp_path / "wide", dim=10), k=3)
