@@ -110,9 +110,13 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only rewrite docs/results.md")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = ap.parse_args()
+    if args.only:  # argparse puts key=value overrides given after --only into it
+        args.overrides += [o for o in args.only if "=" in o]
+        args.only = [o for o in args.only if "=" not in o]
     if not args.report:
-        if not args.only:
+        if not args.only or "tfidf" in args.only:
             tfidf(args.data)
+            args.only = [o for o in args.only or [] if o != "tfidf"] or (None if not args.only else [])
         for seed in args.seeds:
             for name in args.only or RUNS:
                 run_one(name, seed, args.data, args.overrides)
