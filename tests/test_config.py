@@ -32,11 +32,11 @@ def test_yaml_recipe_then_overrides():
     # recipe values
     assert cfg.data.root == "../shared/data/msrvtt-ae128-dev"
     assert cfg.data.train_split == "index:0:700" and cfg.data.max_frames == 12
-    assert cfg.model.dropout == 0.0 and cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.model.dropout == 0.0 and cfg.train.lr == pytest.approx(1e-3)
     # overrides win over the recipe
     assert cfg.train.steps == 7 and cfg.model.width == 32
     # keys the recipe does not name keep their defaults
-    assert cfg.loss.tau_sentence == 1.0 and cfg.train.grad_clip == 1.0 and cfg.eval.rerank_topk == 20
+    assert cfg.loss.tau_sentence == 1.0 and cfg.train.grad_clip == 0.0 and cfg.eval.rerank_topk == 20
 
 
 @pytest.mark.parametrize(
