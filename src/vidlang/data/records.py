@@ -11,6 +11,8 @@ class Clip:
     """One (video segment, caption) pair.
 
     ``start``/``end`` are seconds inside the video; ``None`` means the whole video.
+    ``transcript`` is text the model reads beside the frames (MV-GPT): the ASR of the segment for
+    captioning, or the present utterance in pretraining, where ``caption`` is then the future one.
     """
 
     video_id: str
@@ -18,10 +20,22 @@ class Clip:
     start: float | None = None
     end: float | None = None
     split: str | None = None
+    transcript: str | None = None
+
+
+class _Tensors:
+    """Moving to a device and the batch size, shared by the batch types."""
+
+    def to(self, device):
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return type(self)(**{k: move(v) for k, v in self.__dict__.items()})
+
+    def __len__(self) -> int:
+        return self.video.shape[0]
 
 
 @dataclass
-class Batch:
+class Batch(_Tensors):
     """A collated batch of clips (B pairs).
 
     video:          (B, T, D) float32 features, zero where masked
@@ -41,9 +55,25 @@ class Batch:
     video_ids: list[str] = field(default_factory=list)
     clip_index: torch.Tensor | None = None
 
-    def to(self, device) -> "Batch":
-        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
-        return Batch(**{k: move(v) for k, v in self.__dict__.items()})
 
-    def __len__(self) -> int:
-        return self.video.shape[0]
+
+@dataclass
+class CaptionBatch(_Tensors):
+    """A collated batch for captioning and generative pretraining (MV-GPT), B items.
+
+    video:           (B, T, D) float32 features (or flattened raw frames for ViViT), zero where masked
+    video_mask:      (B, T) bool
+    transcript_ids:  (B, L) encoder text: [CLS] transcript [SEP] ([CLS] [SEP] when there is none)
+    transcript_mask: (B, L) long
+    target_ids:      (B, M) the text to generate: [CLS] caption [SEP]; in pretraining the future utterance
+    target_mask:     (B, M) long
+    """
+
+    video: torch.Tensor
+    video_mask: torch.Tensor
+    transcript_ids: torch.Tensor
+    transcript_mask: torch.Tensor
+    target_ids: torch.Tensor
+    target_mask: torch.Tensor
+    video_ids: list[str] = field(default_factory=list)
+    clip_index: torch.Tensor | None = None
