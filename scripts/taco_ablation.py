@@ -44,6 +44,7 @@ def slug(name: str) -> str:
 def run_one(name: str, seed: int, data: str, extra: list[str]) -> None:
     overrides, scoring = RUNS[name]
     out = OUT / f"{slug(name)}-seed{seed}"
+    scoring = next((o.split("=", 1)[1] for o in extra if o.startswith("eval.scoring=")), scoring)
     cfg = load_config(RECIPE, [f"data.root={data}", f"train.seed={seed}", f"train.out_dir={out}",
                                "train.eval_every=0", f"eval.scoring={scoring}", *overrides, *extra])
     tic = time.perf_counter()
@@ -55,7 +56,7 @@ def run_one(name: str, seed: int, data: str, extra: list[str]) -> None:
     wall = time.perf_counter() - tic
     write_result_json(OUT / f"{slug(name)}-seed{seed}.json", metrics, split="msrvtt-ae128-dev video700-799",
                       scoring=scoring, config=cfg.to_dict(),
-                      extra={"name": name, "seed": seed, "train_seconds": train_s, "wall_seconds": wall,
+                      extra={"name": name, "seed": seed, "overrides": extra, "train_seconds": train_s, "wall_seconds": wall,
                              "counts": summary["counts"]})
     print(f"{name} seed {seed}: t2v R@1 {metrics['t2v_R@1']:.1f} v2t R@1 {metrics['v2t_R@1']:.1f} ({wall:.0f}s)", flush=True)
 
@@ -78,7 +79,7 @@ def tfidf(data: str) -> None:
                              "wall_seconds": time.perf_counter() - tic})
 
 
-def report(path: Path = Path("docs/results.md")) -> None:
+def report(path: Path | None = Path("docs/results.md")) -> None:
     groups: dict[str, list[dict]] = {}
     for file in sorted(OUT.glob("*.json")):
         d = json.loads(file.read_text())
@@ -92,6 +93,9 @@ def report(path: Path = Path("docs/results.md")) -> None:
         cells = [format_mean_std(*stats[k]) for k in KEYS]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {wall:.0f} |")
     table = "\n".join(lines)
+    print(table)
+    if path is None:
+        return
     text = path.read_text() if path.exists() else ""
     start, end = "<!-- taco-ablation:start -->", "<!-- taco-ablation:end -->"
     if start in text:
@@ -99,28 +103,31 @@ def report(path: Path = Path("docs/results.md")) -> None:
     else:
         text += f"\n{start}\n{table}\n{end}\n"
     path.write_text(text)
-    print(table)
 
 
 def main() -> None:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/msrvtt-ae128-dev")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--only", nargs="*", help="run names (default: all)")
     ap.add_argument("--report", action="store_true", help="only rewrite docs/results.md")
+    ap.add_argument("--out", type=Path, default=OUT, help="result folder (default runs/ablation)")
+    ap.add_argument("--no-tfidf", action="store_true")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = ap.parse_args()
     if args.only:  # argparse puts key=value overrides given after --only into it
         args.overrides += [o for o in args.only if "=" in o]
         args.only = [o for o in args.only if "=" not in o]
+    OUT = args.out
     if not args.report:
-        if not args.only or "tfidf" in args.only:
+        if not args.no_tfidf and (not args.only or "tfidf" in args.only):
             tfidf(args.data)
             args.only = [o for o in args.only or [] if o != "tfidf"] or (None if not args.only else [])
         for seed in args.seeds:
             for name in args.only or RUNS:
                 run_one(name, seed, args.data, args.overrides)
-    report()
+    report(Path("docs/results.md") if OUT == Path("runs/ablation") else None)
 
 
 if __name__ == "__main__":
