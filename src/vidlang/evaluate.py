@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import torch
 
+from vidlang import distributed as dist
 from vidlang.config import EvalConfig
 from vidlang.data.dataset import VideoTextDataset, collate
 from vidlang.metrics import retrieval_metrics
-from vidlang.scoring import encode_texts, encode_videos, score_matrix
+from vidlang.models.blocks import Encoded
+from vidlang.scoring import EncodedSet, encode_texts, encode_videos, score_matrix
 
 
 def retrieval_units(dataset: VideoTextDataset) -> tuple[list[int], list[int]]:
@@ -33,16 +35,37 @@ def _batches(dataset, indices, batch_size, device, fields):
         yield tuple(getattr(batch, f) for f in fields)
 
 
+def _gather_set(part: EncodedSet, distributed: bool) -> EncodedSet:
+    """Every rank's encoded block, concatenated in rank order (tokens padded to the longest)."""
+    if not distributed:
+        return part
+    e = part.encoded
+    gather = lambda t, pad=0: torch.cat(dist.all_gather_list(t, pad))  # noqa: E731
+    weights = gather(part.weights) if part.weights is not None else None
+    return EncodedSet(Encoded(gather(e.tokens), gather(e.mask, False), gather(e.pooled)), weights)
+
+
 @torch.no_grad()
-def similarity(model, dataset: VideoTextDataset, cfg: EvalConfig, batch_size: int = 256, device="cpu"):
-    """The (texts, units) score matrix under ``cfg.scoring``, and the text -> unit index."""
+def similarity(model, dataset: VideoTextDataset, cfg: EvalConfig, batch_size: int = 256, device="cpu",
+               distributed: bool | None = None):
+    """The (texts, units) score matrix under ``cfg.scoring``, and the text -> unit index.
+
+    ``distributed`` (default: whether a torchrun process group is up): every rank encodes a
+    block of the units and of the texts and scores a block of the texts; all ranks return the
+    whole matrix. Every rank must call this together.
+    """
     model.eval()
     representative, text_to_unit = retrieval_units(dataset)
-    videos = encode_videos(model, _batches(dataset, representative, batch_size, device, ("video", "video_mask")))
+    texts_all = list(range(len(dataset)))
+    world = dist.world_size() if distributed or distributed is None else 1
+    shard = world > 1 and min(len(representative), len(texts_all)) >= world  # tiny sets: every rank does it all
+    part = (lambda items: items[slice(*dist.shard_bounds(len(items), world, dist.rank()))]) if shard else (lambda x: x)
+    videos = encode_videos(model, _batches(dataset, part(representative), batch_size, device, ("video", "video_mask")))
     texts = encode_texts(
         model,
-        _batches(dataset, list(range(len(dataset))), batch_size, device, ("input_ids", "attention_mask", "token_weights")),
+        _batches(dataset, part(texts_all), batch_size, device, ("input_ids", "attention_mask", "token_weights")),
     )
+    videos, texts = _gather_set(videos, shard), _gather_set(texts, shard)
     sim = score_matrix(
         model,
         videos,
@@ -51,11 +74,13 @@ def similarity(model, dataset: VideoTextDataset, cfg: EvalConfig, batch_size: in
         token_scale=cfg.token_scale,
         rerank_topk=cfg.rerank_topk,
         batch_pairs=cfg.batch_pairs,
+        distributed=shard,
     )
     return sim.cpu(), text_to_unit
 
 
-def evaluate_retrieval(model, dataset: VideoTextDataset, cfg: EvalConfig, batch_size: int = 256, device="cpu"):
-    sim, text_to_unit = similarity(model, dataset, cfg, batch_size, device)
+def evaluate_retrieval(model, dataset: VideoTextDataset, cfg: EvalConfig, batch_size: int = 256, device="cpu",
+                       distributed: bool | None = None):
+    sim, text_to_unit = similarity(model, dataset, cfg, batch_size, device, distributed)
     metrics = retrieval_metrics(sim, text_to_unit)
     return metrics

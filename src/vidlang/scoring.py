@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vidlang import distributed as dist
 from vidlang.models.blocks import Encoded
 
 SCORINGS = ("exact", "cascade", "s1", "s2", "s3", "s1+s2", "s1+s3", "s2+s3")
@@ -62,16 +63,38 @@ def encode_texts(model, batches) -> EncodedSet:
     return EncodedSet(encoded, torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1])) for w in weights]))
 
 
+def _rows(encoded: EncodedSet, rows: slice) -> Encoded:
+    e = encoded.encoded
+    return Encoded(e.tokens[rows], e.mask[rows], e.pooled[rows])
+
+
+def _blocks(model, videos: EncodedSet, texts: EncodedSet, rows: range, text_chunk: int, budget: int):
+    """(text slice, video slice, s1 block, s2 block) over texts ``rows`` × all videos, in blocks whose
+    (texts, videos, tokens, frames) token-similarity tensor holds at most ``budget`` elements."""
+    n_v, tokens, frames = len(videos), texts.encoded.tokens.shape[1], videos.encoded.tokens.shape[1]
+    per_text = max(1, n_v * tokens * frames)
+    t_chunk = max(1, min(text_chunk, budget // per_text))
+    v_chunk = n_v if t_chunk * per_text <= budget else max(1, budget // (t_chunk * tokens * frames))
+    for start in range(rows.start, rows.stop, t_chunk):
+        t_rows = slice(start, min(start + t_chunk, rows.stop))
+        sub = _rows(texts, t_rows)
+        s1 = model.sentence_scores(videos.encoded, sub)
+        for v_start in range(0, n_v, v_chunk):
+            v_rows = slice(v_start, min(v_start + v_chunk, n_v))
+            sim = model.token_similarities(_rows(videos, v_rows), sub)
+            yield t_rows, v_rows, s1[:, v_rows], torch.einsum("ijp,ip->ij", sim, texts.weights[t_rows])
+
+
 @torch.no_grad()
-def sentence_and_token_scores(model, videos: EncodedSet, texts: EncodedSet, text_chunk: int = 256):
-    """s1 and s2 (texts, videos). s2 = IDF-weighted mean over tokens of interest of the max over frames."""
-    s1 = model.sentence_scores(videos.encoded, texts.encoded)
+def sentence_and_token_scores(model, videos: EncodedSet, texts: EncodedSet, text_chunk: int = 256,
+                              rows: range | None = None, budget: int = 2**25):
+    """s1 and s2 (texts ``rows``, videos). s2 = IDF-weighted mean over tokens of interest of the max over frames."""
+    rows = range(len(texts)) if rows is None else rows
+    s1 = torch.empty(len(rows), len(videos), device=videos.encoded.tokens.device)
     s2 = torch.empty_like(s1)
-    for start in range(0, len(texts), text_chunk):
-        rows = torch.arange(start, min(start + text_chunk, len(texts)))
-        sub = Encoded(texts.encoded.tokens[rows], texts.encoded.mask[rows], texts.encoded.pooled[rows])
-        sim = model.token_similarities(videos.encoded, sub)
-        s2[rows] = torch.einsum("ijp,ip->ij", sim, texts.weights[rows])
+    for t_rows, v_rows, b1, b2 in _blocks(model, videos, texts, rows, text_chunk, budget):
+        local = slice(t_rows.start - rows.start, t_rows.stop - rows.start)
+        s1[local, v_rows], s2[local, v_rows] = b1, b2
     return s1, s2
 
 
@@ -86,6 +109,28 @@ def fusion_pairs(model, videos: EncodedSet, texts: EncodedSet, video_index, text
 
 
 @torch.no_grad()
+def _add_fusion_rows(model, videos: EncodedSet, texts: EncodedSet, rows: range, batch_pairs: int,
+                     out: torch.Tensor) -> None:
+    """Add s3 of every (text in ``rows``, video) pair to ``out`` (rows, videos), pair indices made
+    one batch at a time (row-major, as the pairs of the whole matrix would be)."""
+    n_v, flat = len(videos), out.view(-1)
+    for start in range(0, len(flat), batch_pairs):
+        pairs = torch.arange(start, min(start + batch_pairs, len(flat)), device=out.device)
+        text_index, video_index = rows.start + pairs // n_v, pairs % n_v
+        flat[start : start + len(pairs)] += model.fusion_scores(videos.encoded, texts.encoded, video_index,
+                                                                text_index).float()
+
+
+def _shortlist(base: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text, video) pairs, row-major: each text's top-k videos and each video's top-k texts."""
+    n_t, n_v = base.shape
+    row = base.topk(min(k, n_v), dim=1).indices + torch.arange(n_t, device=base.device)[:, None] * n_v
+    col = base.T.topk(min(k, n_t), dim=1).indices * n_v + torch.arange(n_v, device=base.device)[:, None]
+    pairs = torch.unique(torch.cat([row.reshape(-1), col.reshape(-1)]))  # sorted
+    return pairs // n_v, pairs % n_v
+
+
+@torch.no_grad()
 def score_matrix(
     model,
     videos: EncodedSet,
@@ -94,6 +139,8 @@ def score_matrix(
     token_scale: float = 0.5,
     rerank_topk: int = 20,
     batch_pairs: int = 1024,
+    *,
+    distributed: bool = False,
 ) -> torch.Tensor:
     """The (texts, videos) score matrix.
 
@@ -102,25 +149,36 @@ def score_matrix(
              video are reranked by adding s3; every reranked pair ranks above every other pair.
              (A deviation from the paper, which scores all pairs.)
     s1 / s2 / s3 / s1+s2: one score alone (s1+s2 uses token_scale).
+
+    ``distributed``: under torchrun each rank scores a block of text rows (and its share of the
+    reranked pairs) and every rank returns the whole matrix. Nothing of size texts × videos is
+    held beyond the result (and, for cascade, the one gathered s1 + s2 matrix it is built in).
     """
     parts, cascade = parse_scoring(scoring)
     model.eval()
-    s1, s2 = sentence_and_token_scores(model, videos, texts)
+    world, rank = (dist.world_size(), dist.rank()) if distributed else (1, 0)
+    n_t, n_v = len(texts), len(videos)
+    rows = range(*dist.shard_bounds(n_t, world, rank))
     scale = token_scale if len(parts) > 1 else 1.0
-    base = (s1 if "s1" in parts else 0) + (scale * s2 if "s2" in parts else 0)
-    if "s3" not in parts:
+    base = torch.zeros(len(rows), n_v, device=videos.encoded.tokens.device)  # this rank's rows of the result
+    if parts & {"s1", "s2"}:
+        for t_rows, v_rows, s1, s2 in _blocks(model, videos, texts, rows, 256, 2**25):
+            block = base[t_rows.start - rows.start : t_rows.stop - rows.start, v_rows]
+            if "s1" in parts:
+                block += s1
+            if "s2" in parts:
+                block += scale * s2
+    if "s3" in parts and not cascade:
+        _add_fusion_rows(model, videos, texts, rows, batch_pairs, base)
+    base = dist.gather_rows_into(base, n_t) if world > 1 else base
+    if "s3" not in parts or not cascade:
         return base
-    n_t, n_v = s1.shape
-    if not cascade:
-        text_index, video_index = torch.meshgrid(torch.arange(n_t), torch.arange(n_v), indexing="ij")
-        s3 = fusion_pairs(model, videos, texts, video_index.reshape(-1), text_index.reshape(-1), batch_pairs)
-        return base + s3.view(n_t, n_v)
-    shortlist = torch.zeros_like(base, dtype=torch.bool)
-    shortlist.scatter_(1, base.topk(min(rerank_topk, n_v), dim=1).indices, True)
-    shortlist.T.scatter_(1, base.T.topk(min(rerank_topk, n_t), dim=1).indices, True)
-    text_index, video_index = shortlist.nonzero(as_tuple=True)
-    s3 = fusion_pairs(model, videos, texts, video_index, text_index, batch_pairs)
+    text_index, video_index = _shortlist(base, rerank_topk)
+    mine = (text_index >= rows.start) & (text_index < rows.stop)  # row-major: one contiguous run per rank
+    s3 = fusion_pairs(model, videos, texts, video_index[mine], text_index[mine], batch_pairs)
+    if world > 1:
+        s3 = torch.cat(dist.all_gather_list(s3))
     reranked = base[text_index, video_index] + s3
-    out = base - base.max() + reranked.min() - 1.0  # keeps their order, below every reranked pair
-    out[text_index, video_index] = reranked
-    return out
+    base.sub_(base.max()).add_(reranked.min()).sub_(1.0)  # keeps their order, below every reranked pair
+    base[text_index, video_index] = reranked
+    return base

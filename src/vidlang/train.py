@@ -5,11 +5,14 @@
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vidlang import checkpoint as ckpt
+from vidlang import distributed
 from vidlang.config import Config
 from vidlang.data.dataset import UniqueVideoBatchSampler, VideoTextDataset, collate
 from vidlang.data.sources import open_source
@@ -36,9 +40,13 @@ def cache_dir() -> Path:
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda``...; under torchrun a bare ``cuda`` is this process's GPU (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and distributed.is_distributed():
+        device = torch.device("cuda", distributed.local_rank())
+    return device
 
 
 @dataclass
@@ -98,12 +106,17 @@ def warmup_linear(warmup: int, total: int):
 
 
 class BatchStream:
-    """An endless, resumable stream of unique-video batches: its position is (epoch, index)."""
+    """An endless, resumable stream of unique-video batches: its position is (epoch, index).
 
-    def __init__(self, dataset: VideoTextDataset, batch_size: int, seed: int, num_workers: int = 0):
+    Every rank draws the same global batches (same seed) and keeps its contiguous slice
+    ``shard_bounds(len(batch), world, rank)``, so the ranks' slices make up the one-process batch.
+    """
+
+    def __init__(self, dataset: VideoTextDataset, batch_size: int, seed: int, num_workers: int = 0,
+                 rank: int = 0, world: int = 1):
         self.dataset = dataset
         self.sampler = UniqueVideoBatchSampler(dataset, batch_size, drop_last=len(dataset.videos) > batch_size, seed=seed)
-        self.num_workers = num_workers
+        self.num_workers, self.rank, self.world = num_workers, rank, world
         self.epoch, self.index = 0, 0
         self._iter = None
 
@@ -116,6 +129,8 @@ class BatchStream:
     def _start(self) -> None:
         self.sampler.set_epoch(self.epoch)
         batches = list(self.sampler)[self.index :]
+        if self.world > 1:
+            batches = [b[slice(*distributed.shard_bounds(len(b), self.world, self.rank))] for b in batches]
         loader = DataLoader(  # its own generator: creating an iterator must not draw from the global RNG
             self.dataset, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.epoch),
@@ -135,6 +150,73 @@ class BatchStream:
         return batch
 
 
+# ----------------------------------------------------------------------------- the model-specific part
+@dataclass(frozen=True)
+class LossStep:
+    """What the loop needs of a model kind: its checkpoint name, the forward that returns the loss
+    dict (``objective`` to backward, ``loss`` and the ``log_keys`` to report) and whether some
+    trainable parameters may get no gradient (DDP must then look for them)."""
+
+    name: str
+    forward: Callable[..., dict]  # (model, batch, cfg, generator, shard) -> dict
+    log_keys: tuple[str, ...]
+    unused_parameters: Callable[[Config], bool]
+
+
+TACO_STEP = LossStep(
+    name="taco",
+    forward=lambda model, batch, cfg, generator, shard: model(batch, cfg.loss, generator, shard=shard),
+    log_keys=("loss", "l1", "l2", "l3"),
+    unused_parameters=lambda cfg: not cfg.loss.fusion_weight,  # the fusion encoder is then unused
+)
+
+
+def backward_step(loss_fn: Callable[[object], dict], batches: Iterable, accum: int, ddp=None, autocast=None,
+                  describe: Callable[[object], str] = str) -> list[dict]:
+    """Forward and backward over ``accum`` micro-batches, each objective divided by ``accum``: the
+    gradients are the mean of the micro-batches' gradients (negatives never cross micro-batches).
+    Under DDP gradients are all-reduced once, with the last micro-batch. Raises on a non-finite loss."""
+    outs = []
+    for i, batch in enumerate(batches):
+        last = i == accum - 1
+        with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
+            with autocast or contextlib.nullcontext():
+                out = loss_fn(batch)
+            if not torch.isfinite(out["loss"]):  # the global loss: every rank stops together
+                raise FloatingPointError(
+                    f"non-finite loss {float(out['loss'])} on {describe(batch)}: "
+                    "lower train.lr or check the features; no checkpoint was written for this step"
+                )
+            (out["objective"] / accum if accum > 1 else out["objective"]).backward()
+        outs.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()})
+    return outs
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> int:
+    """Recompute every transformer layer in backward instead of storing its activations
+    (torch.utils.checkpoint, non-reentrant: dropout masks are replayed). Hugging Face encoders use
+    their own switch. Weights and their names are unchanged. Returns the number of layers wrapped."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointWrapper, apply_activation_checkpointing, checkpoint_wrapper)
+    from transformers import PreTrainedModel
+
+    if any(isinstance(m, CheckpointWrapper) for m in model.modules()):
+        return 0  # already done (train() called again on the same experiment)
+    layers = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
+    count = sum(isinstance(m, layers) for m in model.modules())
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: isinstance(m, layers))
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing and any(
+                p.requires_grad for p in m.parameters()):
+            enable = getattr(m, "activation_checkpointing_enable", None)  # transformers >= 5.x; older: gradient_...
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            count += m.config.num_hidden_layers
+    return count
+
+
 def _summary_writer(out_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -144,26 +226,42 @@ def _summary_writer(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def train(cfg: Config, experiment: Experiment | None = None, progress: bool = True) -> dict:
+def _rank_seed(seed: int, rank: int) -> int:
+    return seed + 1_000_003 * rank  # each rank its own dropout stream; rank 0 keeps the one-process stream
+
+
+def train(cfg: Config, experiment: Experiment | None = None, progress: bool = True, step_fn: LossStep = TACO_STEP) -> dict:
+    """Train (or resume) ``cfg``. Under torchrun every rank calls this; ``train.batch_size`` is the
+    global batch, split over the ranks (docs/distributed.md)."""
     t_cfg = cfg.train
     out_dir = Path(t_cfg.out_dir)
+    accum = t_cfg.grad_accum_steps
+    if accum < 1:
+        raise ConfigError(f"train.grad_accum_steps must be >= 1, got {accum}")
+    multi = distributed.init_from_env(t_cfg.dist_backend, pick_device(t_cfg.device))
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     torch.manual_seed(t_cfg.seed)
     if t_cfg.threads:
         torch.set_num_threads(t_cfg.threads)
     exp = experiment or build_experiment(cfg)
+    if multi and min(t_cfg.batch_size, len(exp.train_set.videos)) < world:
+        raise ConfigError(f"train.batch_size={t_cfg.batch_size} and {len(exp.train_set.videos)} training videos "
+                          f"must each be at least the number of processes ({world})")
+    if multi and rank > 0:
+        torch.manual_seed(_rank_seed(t_cfg.seed, rank))
     model, device = exp.model, pick_device(t_cfg.device)
     model.to(device)
     optimizer = make_optimizer(model, t_cfg)
     schedule = warmup_linear(t_cfg.warmup_steps, t_cfg.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    stream = BatchStream(exp.train_set, t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers)
-    negatives_rng = torch.Generator().manual_seed(t_cfg.seed + 1)
+    stream = BatchStream(exp.train_set, t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers, rank, world)
+    negatives_rng = torch.Generator().manual_seed(t_cfg.seed + 1)  # the same on every rank
     step, best, history, counts = 0, {"metric": -math.inf, "step": None}, [], Counter()
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
     resume_from = ckpt.latest_checkpoint(out_dir)
     if resume_from is not None:
-        ckpt.read_meta(resume_from, expect_model="taco")
+        ckpt.read_meta(resume_from, expect_model=step_fn.name)
         ckpt.load_weights(model, resume_from)
         state = ckpt.load_state(resume_from)
         optimizer.load_state_dict(state["optimizer"])
@@ -172,84 +270,110 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base_lr * schedule(state["step"])
         stream.load_state(state["stream"])
-        torch.set_rng_state(state["torch_rng"])
+        ranks_rng = state.get("torch_rng_ranks") or [state["torch_rng"]]
+        if len(ranks_rng) == world:
+            torch.set_rng_state(ranks_rng[rank])
+        elif rank == 0:
+            torch.set_rng_state(state["torch_rng"])
+        else:  # saved by another number of processes: a fresh dropout stream for this rank
+            torch.manual_seed(_rank_seed(t_cfg.seed, rank) + state["step"])
         negatives_rng.set_state(state["negatives_rng"])
         step, best, history = state["step"], state["best"], state["history"]
         counts.update(state["counts"])
-        print(f"resuming from {resume_from} at step {step}")
+        if main:
+            print(f"resuming from {resume_from} at step {step}"
+                  + (f" (saved by {len(ranks_rng)} processes, now {world})" if len(ranks_rng) != world else ""))
+    if t_cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    runner = model
+    if multi:
+        from torch.nn.parallel import DistributedDataParallel
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", config_yaml)
-    writer = _summary_writer(out_dir)
+        # buffers never change in training: no broadcast before every forward (the flag's name changed in torch 2.13)
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
+            else "broadcast_buffers"
+        runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                         find_unused_parameters=step_fn.unused_parameters(cfg), **{no_sync: False})
+
+    writer = None
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml", config_yaml)
+        writer = _summary_writer(out_dir)
     meta = {
-        "model": "taco",
+        "model": step_fn.name,
         "video_dim": model.video_dim,
         "git_commit": git_commit(),
         "data_manifest": exp.manifest,
         "token_weighter": exp.weighter.state_dict(),
     }
 
-    def save() -> Path:
+    def save() -> Path | None:
+        rng_states = distributed.all_gather_object(torch.get_rng_state())  # every rank takes part
+        if not main:
+            return None
         state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "stream": stream.state(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": rng_states[0],
             "negatives_rng": negatives_rng.get_state(),
             "step": step,
             "best": best,
             "history": history,
             "counts": dict(counts),
         }
-        return ckpt.save_checkpoint(out_dir, step, model, {**meta, "best": best}, config_yaml, state)
+        if multi:
+            state["torch_rng_ranks"] = rng_states
+        return ckpt.save_checkpoint(out_dir, step, model, {**meta, "best": best, "world_size": world}, config_yaml, state)
 
-    bar = tqdm(total=t_cfg.steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True)
+    def loss_fn(batch):
+        shard = distributed.batch_shard(len(batch))
+        return {**step_fn.forward(runner, batch, cfg, negatives_rng, shard), "batch_size": shard.total}
+
+    bar = tqdm(total=t_cfg.steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t_cfg.bf16)
     tic, clips_seen = time.perf_counter(), 0
     while step < t_cfg.steps:
         model.train()
-        batch = next(stream).to(device)
-        with autocast:
-            out = model(batch, cfg.loss, negatives_rng)
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} at step {step} on videos {batch.video_ids[:8]}...: "
-                "lower train.lr or check the features; no checkpoint was written for this step"
-            )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batches = (next(stream).to(device) for _ in range(accum))
+        outs = backward_step(loss_fn, batches, accum, runner if multi else None, autocast,
+                             describe=lambda b: f"step {step}, videos {b.video_ids[:8]}...")  # noqa: B023
         if t_cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t_cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         step += 1
-        clips_seen += len(batch)
-        counts["clips"] += len(batch)
-        if "l2_texts" in out:
-            counts["l2_skipped_no_token_of_interest"] += len(batch) - out["l2_texts"]
+        clips = sum(o["batch_size"] for o in outs)
+        clips_seen += clips
+        counts["clips"] += clips
+        if "l2_texts" in outs[0]:
+            counts["l2_skipped_no_token_of_interest"] += clips - sum(o["l2_texts"] for o in outs)
+        logged = {k: sum(float(o[k]) for o in outs) / accum for k in step_fn.log_keys if k in outs[0]}
         rate = clips_seen / (time.perf_counter() - tic)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", clips_s=f"{rate:.0f}")
+        bar.set_postfix(loss=f"{logged['loss']:.3f}", clips_s=f"{rate:.0f}")
         if writer is not None and (step % t_cfg.log_every == 0 or step == 1):
-            for key in ("loss", "l1", "l2", "l3"):
-                if key in out:
-                    writer.add_scalar(f"train/{key}", float(out[key].detach() if hasattr(out[key], "detach") else out[key]), step)
+            for key, value in logged.items():
+                writer.add_scalar(f"train/{key}", value, step)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
             writer.add_scalar("train/clips_per_s", rate, step)
         evaluate_now = exp.val_set is not None and t_cfg.eval_every and (step % t_cfg.eval_every == 0 or step == t_cfg.steps)
-        if evaluate_now:
-            metrics = evaluate_retrieval(model, exp.val_set, cfg.eval, device=device)
+        if evaluate_now:  # every rank scores its share; all get the same metrics
+            metrics = evaluate_retrieval(model, exp.val_set, cfg.eval, device=device, distributed=multi)
             history.append({"step": step, **metrics})
             if writer is not None:
                 for key, value in metrics.items():
                     writer.add_scalar(f"val/{key}", value, step)
-            bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.2f}" for k in ("t2v_R@1", "t2v_R@5", "v2t_R@1")))
+            if main:
+                bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.2f}" for k in ("t2v_R@1", "t2v_R@5", "v2t_R@1")))
         if evaluate_now or step % t_cfg.save_every == 0 or step == t_cfg.steps:
             if evaluate_now and metrics[cfg.eval.metric] > best["metric"]:
                 best = {"metric": metrics[cfg.eval.metric], "step": step, "metrics": metrics}
                 saved = save()
-                ckpt.mark_best(out_dir, saved)
+                if main:
+                    ckpt.mark_best(out_dir, saved)
             else:
                 save()
     bar.close()
@@ -257,5 +381,7 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
         writer.close()
     summary = {"steps": step, "best": best, "history": history, "counts": dict(counts),
                "weighter_stats": dict(exp.weighter.stats)}
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
+    if main:
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
+    distributed.barrier()  # the last checkpoint is complete before any rank goes on (e.g. to resume)
     return summary

@@ -13,6 +13,7 @@ from torch import nn
 from vidlang import losses
 from vidlang.config import LossConfig, ModelConfig
 from vidlang.data.records import Batch
+from vidlang.distributed import Shard
 from vidlang.models.blocks import Encoded, FusionEncoder, TextEncoder, VideoEncoder, select
 
 
@@ -61,8 +62,20 @@ class TACo(nn.Module):
         return self.fusion_head(z).squeeze(-1)
 
     # -- training objective -----------------------------------------------------------------------
-    def forward(self, batch: Batch, loss_cfg: LossConfig, generator: torch.Generator | None = None) -> dict:
-        """L1 + λ_t·L2 + L3 on a batch of B distinct videos with one caption each."""
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.cfg.normalize else x
+
+    def forward(self, batch: Batch, loss_cfg: LossConfig, generator: torch.Generator | None = None,
+                shard: Shard | None = None) -> dict:
+        """L1 + λ_t·L2 + L3 on a batch of B distinct videos with one caption each.
+
+        Under torchrun ``batch`` is this rank's rows ``shard.rows`` of the global batch, and the losses
+        are those of the global batch (docs/distributed.md): L1 whole on every rank from gathered
+        pooled vectors, L2 and L3 split by anchor. ``out["objective"]`` is what to call backward on
+        (the global loss scaled for DDP's gradient averaging); ``out["loss"]`` is the global loss.
+        """
+        shard = shard or Shard.single(len(batch))
+        many = shard.world > 1
         video = self.encode_video(batch.video, batch.video_mask)
         text = self.encode_text(batch.input_ids, batch.attention_mask)
         reduction = "sum" if loss_cfg.paper_literal else "mean"
@@ -70,35 +83,81 @@ class TACo(nn.Module):
         out: dict[str, torch.Tensor | int] = {}
         total = video.pooled.new_zeros(())
 
-        s1 = self.sentence_scores(video, text)
+        # L1 is cheap: every rank computes it whole (gradient flows only to the local rows)
+        pooled_v, pooled_t = shard.gather(video.pooled), shard.gather(text.pooled)
+        s1 = losses.sentence_scores(self._unit(pooled_v), self._unit(pooled_t))
         if loss_cfg.sentence_weight:
             out["l1"] = losses.sentence_loss(s1, loss_cfg.tau_sentence, symmetric, reduction)  # Eq. 3
             total = total + loss_cfg.sentence_weight * out["l1"]
 
         weights = batch.token_weights.to(s1.dtype)
         need_tokens = loss_cfg.token_weight or (loss_cfg.fusion_weight and loss_cfg.negatives == "cascade")
-        token_sim = self.token_similarities(video, text) if need_tokens else None
+        if need_tokens or loss_cfg.fusion_weight:  # every video's tokens: L2 rows and fusion pairs use them
+            all_videos = Encoded(shard.gather(video.tokens, sum_grads=True), shard.gather(video.mask, pad_value=False),
+                                 pooled_v)
+        # s(x_j, y_i^p) for this rank's texts i and every video j: (local texts, videos, tokens)
+        token_sim = self.token_similarities(all_videos, text) if need_tokens else None
         if loss_cfg.token_weight:
-            out["l2"], out["l2_texts"] = losses.token_loss(token_sim, weights, loss_cfg.tau_token, reduction)  # Eq. 4
-            total = total + loss_cfg.token_weight * out["l2"]
+            # token_loss puts text i's positive at column i: rotate so it is (columns are a softmax set)
+            rows = token_sim.roll(-shard.offset, dims=1) if many else token_sim
+            l2, used = losses.token_loss(rows, weights, loss_cfg.tau_token, "sum")  # Eq. 4
+            count = int(shard.all_sum(torch.tensor(used, device=s1.device))) if many else used
+            if reduction == "mean" and count:
+                l2 = l2 / count
+            out["l2"], out["l2_texts"] = l2, count
+            total = total + loss_cfg.token_weight * l2
 
         if loss_cfg.fusion_weight:
-            n = len(batch)
+            n, local = shard.total, shard.rows
+            all_texts = Encoded(shard.gather(text.tokens, sum_grads=True), shard.gather(text.mask, pad_value=False),
+                                pooled_t)
             if loss_cfg.negatives == "cascade":  # §1.4: reuse s1 and the token maxima, no extra pass
-                scores = losses.alignment_scores(s1, token_sim, weights)
-                neg_videos, neg_texts = losses.hard_negatives(scores, loss_cfg.num_negatives)
-            elif loss_cfg.negatives == "random":
+                scores = losses.alignment_scores(s1[local], token_sim, weights)  # (local texts, videos)
+                neg_videos = _top_negatives(scores, loss_cfg.num_negatives, shard.offset)
+                if many:  # every text against this rank's videos, for the texts of each local video
+                    with torch.no_grad():
+                        detached = Encoded(all_texts.tokens.detach(), all_texts.mask, pooled_t)
+                        video_cols = self.token_similarities(video, detached)  # (texts, local videos, tokens)
+                        columns = losses.alignment_scores(s1[:, local], video_cols, shard.gather(weights))
+                    neg_texts = _top_negatives(columns.T, loss_cfg.num_negatives, shard.offset)
+                else:
+                    neg_texts = _top_negatives(scores.T, loss_cfg.num_negatives, 0)
+            elif loss_cfg.negatives == "random":  # the same draw on every rank; each keeps its anchors' rows
                 neg_videos, neg_texts = losses.random_negatives(n, loss_cfg.num_negatives, generator, s1.device)
+                neg_videos, neg_texts = neg_videos[local], neg_texts[local]
             else:
                 raise ValueError(f"loss.negatives must be 'cascade' or 'random', not {loss_cfg.negatives!r}")
-            k = neg_videos.shape[1]
-            arange = torch.arange(n, device=s1.device)
-            video_index = torch.cat([arange, neg_videos.reshape(-1), arange.repeat_interleave(k)])
-            text_index = torch.cat([arange, arange.repeat_interleave(k), neg_texts.reshape(-1)])
-            logits = self.fusion_scores(video, text, video_index, text_index)
-            pos, neg_v, neg_t = logits[:n], logits[n : n + n * k].view(n, k), logits[n + n * k :].view(n, k)
-            out["l3"] = losses.fusion_loss(pos, neg_v, neg_t, reduction)  # Eq. 5
-            total = total + loss_cfg.fusion_weight * out["l3"]
+            b, k = len(neg_videos), neg_videos.shape[1]
+            anchors = torch.arange(shard.offset, shard.offset + b, device=s1.device)
+            video_index = torch.cat([anchors, neg_videos.reshape(-1), anchors.repeat_interleave(k)])
+            text_index = torch.cat([anchors, anchors.repeat_interleave(k), neg_texts.reshape(-1)])
+            logits = self.fusion_scores(all_videos, all_texts, video_index, text_index)
+            pos, neg_v, neg_t = logits[:b], logits[b : b + b * k].view(b, k), logits[b + b * k :].view(b, k)
+            l3 = losses.fusion_loss(pos, neg_v, neg_t, reduction)  # Eq. 5
+            if many and reduction == "mean":
+                l3 = l3 * (b / n)  # this rank's share of the mean over all n anchors
+            out["l3"] = l3
+            total = total + loss_cfg.fusion_weight * l3
 
-        out["loss"] = total
+        if not many:
+            out["loss"] = out["objective"] = total
+            return out
+        # DDP averages gradients over ranks: scale by the world size so they are the global loss's
+        out["objective"] = shard.world * total
+        loss = total.new_zeros(()).detach()
+        for key, weight in (("l1", loss_cfg.sentence_weight), ("l2", loss_cfg.token_weight), ("l3", loss_cfg.fusion_weight)):
+            if key in out:  # L1 is already whole; the L2 and L3 shares are summed over ranks
+                out[key] = out[key].detach() if key == "l1" else shard.all_sum(out[key])
+                loss = loss + weight * out[key]
+        out["loss"] = loss
         return out
+
+
+def _top_negatives(scores: torch.Tensor, k: int, offset: int) -> torch.Tensor:
+    """Top-k columns of each row of ``scores`` by alignment score, never column ``offset + row``
+    (the positive). The rows are this rank's anchors, the columns the global batch (§1.4)."""
+    k = min(k, scores.shape[1] - 1)
+    masked = scores.detach().clone()
+    rows = torch.arange(len(masked), device=masked.device)
+    masked[rows, rows + offset] = float("-inf")
+    return masked.topk(k, dim=1).indices
