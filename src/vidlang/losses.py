@@ -87,3 +87,47 @@ def fusion_loss(pos: torch.Tensor, neg_videos: torch.Tensor, neg_texts: torch.Te
     text_side = F.cross_entropy(torch.cat([pos[:, None], neg_videos], 1), target, reduction=reduction)
     video_side = F.cross_entropy(torch.cat([pos[:, None], neg_texts], 1), target, reduction=reduction)
     return (text_side + video_side) / 2
+
+
+# ============================================================================== MV-GPT losses
+# Token-level losses of MV-GPT (methods.md §2.3). Text tensors are (B, L) WordPiece ids; logits (B, L, V).
+
+IGNORE = -100  # label of positions that carry no MLM target (torch's cross-entropy convention)
+
+
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L_FG = -log p(W | F, U) (and L_BG = -log p(U | F, W)) as token-level cross-entropy:
+    the mean of -log p(target token | prefix) over the real (``mask`` true) target tokens of the batch.
+    A batch without a single target token gives 0 (never NaN)."""
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    weights = mask.reshape(-1).to(nll.dtype)
+    return (nll * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """MLM: mean cross-entropy over the positions whose label is not ``IGNORE``; 0 when none is."""
+    return caption_loss(logits, labels.clamp_min(0), labels != IGNORE)
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, prob: float, generator: torch.Generator | None,
+                special_ids, mask_id: int, vocab_size: int, bert_style: bool = True):
+    """BERT masking: each real, non-special token is chosen with probability ``prob``.
+
+    A chosen token becomes ``mask_id`` (BERT style: 80% ``mask_id``, 10% a uniformly random id, 10% kept).
+    Returns ``(masked_ids, labels)``: labels hold the original id at chosen positions, ``IGNORE`` elsewhere.
+    The draws come from ``generator`` (a CPU generator; None = the global RNG): one (4, *shape) uniform draw.
+    """
+    shape = input_ids.shape
+    draws = torch.rand((4, *shape), generator=generator, device=generator.device if generator else None)
+    draws = draws.to(input_ids.device)
+    special = torch.isin(input_ids, torch.as_tensor(list(special_ids), dtype=input_ids.dtype, device=input_ids.device))
+    chosen = (draws[0] < prob) & attention_mask.bool() & ~special
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
+    if not bert_style:
+        return input_ids.masked_fill(chosen, mask_id), labels
+    to_mask = chosen & (draws[1] < 0.8)
+    to_random = chosen & (draws[1] >= 0.8) & (draws[2] < 0.5)
+    random_ids = (draws[3] * vocab_size).long().clamp_max(vocab_size - 1)
+    masked = input_ids.masked_fill(to_mask, mask_id)
+    masked = torch.where(to_random, random_ids, masked)
+    return masked, labels

@@ -149,6 +149,10 @@ class FusionEncoder(nn.Module):
         nn.init.normal_(self.position.weight, std=0.02)
 
     def forward(self, text: Encoded, video: Encoded) -> torch.Tensor:
+        return self.fuse(text, video).pooled
+
+    def fuse(self, text: Encoded, video: Encoded) -> Encoded:
+        """ALL output tokens ``[text; video]`` with their mask; pooled = the ``[CLS]`` output (MV-GPT)."""
         x = torch.cat([text.tokens, video.tokens], 1)
         mask = torch.cat([text.mask, video.mask], 1)
         if x.shape[1] > self.position.num_embeddings:
@@ -157,7 +161,7 @@ class FusionEncoder(nn.Module):
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # count real tokens only: padding-invariant
         x = x + self.token_type(types) + self.position(positions)
         x = self.layers(self.dropout(self.norm(x)), src_key_padding_mask=~mask)
-        return x[:, 0]
+        return Encoded(x, mask, x[:, 0])
 
 
 def select(encoded: Encoded, index: torch.Tensor) -> Encoded:

@@ -1,0 +1,256 @@
+"""MV-GPT: end-to-end generative pretraining for multimodal video captioning (Seo et al., CVPR 2022).
+
+Read top to bottom as the paper (methods.md §2):
+
+1. Multimodal encoder: a visual encoder (VideoEncoder over stored features, or ViViT over raw
+   frames, ``mvgpt.visual``), the BERT text encoder over the text input, and a joint transformer
+   over ``[text; video]`` (blocks.FusionEncoder, all output tokens; §2.6.2 uses co-attention).
+2. Sentence decoder (models/decoder.py) reading all encoder outputs, with the text encoder's
+   WordPiece embeddings tied to its output layer.
+3. Objectives (§2.3): FG  -log p(W | F, U)  (text input [CLS1] U, decoder starts with [BOS1]);
+   BG  -log p(U | F, W)  ([CLS2] W, [BOS2]); MLM-D: 15% of the encoder text tokens are masked
+   (in the same pass as FG/BG) and predicted from the decoder run non-causally over the encoder's
+   text-stream outputs, through the tied LM head (§2.6.4); MLM-E predicts them from the encoder's
+   text outputs (the Table 2 ablation). "caption" fine-tunes frames + transcript -> caption by FG.
+
+Special tokens use reserved ids of the BERT vocabulary, so it does not change:
+[CLS1] = [unused0], [BOS1] = [unused1], [CLS2] = [unused2], [BOS2] = [unused3]; [SEP] ends a sentence.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidlang import decoding, losses
+from vidlang.data.records import CaptionBatch
+from vidlang.errors import ConfigError, DataError
+from vidlang.models.blocks import Encoded, FusionEncoder, TextEncoder, VideoEncoder, masked_mean
+from vidlang.models.decoder import CaptionDecoder
+from vidlang.models.vivit import ViViTEncoder
+
+PARTS = ("fg", "bg", "mlm_d", "mlm_e")
+SPECIAL_TOKENS = {"cls1": "[unused0]", "bos1": "[unused1]", "cls2": "[unused2]", "bos2": "[unused3]",
+                  "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]", "pad": "[PAD]"}
+
+
+def parse_objective(objective: str) -> frozenset[str]:
+    """'pretrain' -> {fg, bg, mlm_d}; 'caption' -> {caption}; else a '+'-joined subset of PARTS."""
+    if objective == "pretrain":
+        return frozenset({"fg", "bg", "mlm_d"})
+    if objective == "caption":
+        return frozenset({"caption"})
+    parts = frozenset(p.strip() for p in objective.split("+"))
+    if not parts or not parts <= set(PARTS) or {"mlm_d", "mlm_e"} <= parts:
+        raise ConfigError(f"mvgpt.objective={objective!r}: use 'pretrain', 'caption' or a '+'-joined set of "
+                          f"{', '.join(PARTS)} (at most one of mlm_d, mlm_e)")
+    return parts
+
+
+def _with_first(ids: torch.Tensor, token: int) -> torch.Tensor:
+    out = ids.clone()
+    out[:, 0] = token
+    return out
+
+
+def _pad(t: torch.Tensor, length: int, value=0) -> torch.Tensor:
+    return F.pad(t, (0, length - t.shape[1]), value=value)
+
+
+class MVGPT(nn.Module):
+    def __init__(self, cfg, video_dim: int, load_text_weights: bool = True):
+        """``cfg``: a vidlang Config (its ``model`` and ``mvgpt`` sections)."""
+        super().__init__()
+        m, g = cfg.model, cfg.mvgpt
+        self.cfg, self.video_dim = cfg, video_dim
+        self.parts = parse_objective(g.objective)
+        if not 0.0 <= g.mask_prob <= 1.0:
+            raise ConfigError(f"mvgpt.mask_prob must be in [0, 1], got {g.mask_prob}")
+        decoding.check_settings(g.decode, g.max_decode_len, g.beam_size, g.top_p, g.temperature, g.no_repeat_ngram)
+        self.ids = self._special_ids(m.text_encoder)
+
+        # 1. multimodal encoder
+        self.text = TextEncoder(m.text_encoder, m.width or None, m.text_trainable_layers, not load_text_weights,
+                                m.text_pooling)
+        self.width = width = self.text.width
+        if g.visual == "features":
+            self.visual = VideoEncoder(video_dim, width, m.video_layers, m.video_heads, m.max_video_positions, m.dropout)
+        elif g.visual == "vivit":
+            self.visual = ViViTEncoder(g.frame_size, g.tubelet_time, g.tubelet_size, width, g.vivit_spatial_layers,
+                                       g.vivit_temporal_layers, m.video_heads, m.max_video_positions, m.dropout)
+            self.visual.check_dim(video_dim)
+        else:
+            raise ConfigError(f"mvgpt.visual must be 'features' or 'vivit', not {g.visual!r}")
+        text_positions = max(m.max_text_positions, g.max_target_len)
+        self.fusion = FusionEncoder(width, m.fusion_layers, m.fusion_heads, m.max_video_positions + text_positions,
+                                    m.dropout)
+        # 2. decoder, tied to the text encoder's word embeddings
+        self.decoder = CaptionDecoder(self.text.bert.get_input_embeddings(), width, g.decoder_layers, g.decoder_heads,
+                                      max(text_positions, g.max_decode_len + 1), m.dropout)
+        # MLM-E's transform before the tied head (BERT's MLM head); kept in every model so checkpoints match
+        self.mlm_e_head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width))
+        self.visual_frozen = False
+
+    @staticmethod
+    def _special_ids(text_encoder: str) -> dict[str, int]:
+        from vidlang.text.pretrained import load_tokenizer
+
+        tok = load_tokenizer(text_encoder)
+        ids = {k: tok.convert_tokens_to_ids(v) for k, v in SPECIAL_TOKENS.items()}
+        missing = [SPECIAL_TOKENS[k] for k, i in ids.items() if i is None or i == tok.unk_token_id]
+        if missing:
+            raise ConfigError(f"the vocabulary of {text_encoder!r} lacks {missing} (MV-GPT needs a BERT WordPiece vocab)")
+        return ids
+
+    # -- the freeze schedule (§2.4 †) -------------------------------------------------------------
+    def set_step(self, step: int) -> None:
+        """Call before each training step: the visual encoder is frozen (no gradient, eval mode, so
+        the optimizer skips it) while ``step < mvgpt.freeze_visual_steps``, then trained."""
+        self.visual_frozen = step < self.cfg.mvgpt.freeze_visual_steps
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.visual_frozen:
+            self.visual.eval()
+        return self
+
+    # -- 1. the multimodal encoder ----------------------------------------------------------------
+    def encode_visual(self, video: torch.Tensor, video_mask: torch.Tensor) -> Encoded:
+        if self.visual_frozen:
+            with torch.no_grad():
+                return self.visual(video, video_mask)
+        return self.visual(video, video_mask)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, cacheable: bool = True) -> Encoded:
+        """BERT over ``ids``. A frozen encoder caches outputs per token sequence; masked (random)
+        inputs skip that cache (``cacheable=False``), which would otherwise grow without bound."""
+        if cacheable or not self.text.frozen:
+            return self.text(ids, mask)
+        with torch.no_grad():
+            hidden = self.text.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        tokens, real = self.text.project(hidden), mask.bool()
+        return Encoded(tokens, real, tokens[:, 0] if self.text.pooling == "cls" else masked_mean(tokens, real))
+
+    def encode(self, video: torch.Tensor, video_mask: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor,
+               *, visual: Encoded | None = None, cacheable: bool = True, first_token: str | None = "cls1") -> Encoded:
+        """All multimodal-encoder outputs ``[text; video]``; pooled = the output at the text's first
+        token ([CLS1] by default: ``text_ids`` start with [CLS], replaced by ``first_token``)."""
+        if first_token is not None:
+            self._check_cls(text_ids, "text")
+            text_ids = _with_first(text_ids, self.ids[first_token])
+        visual = visual if visual is not None else self.encode_visual(video, video_mask)
+        return self.fusion.fuse(self.encode_text(text_ids, text_mask, cacheable), visual)
+
+    def _check_cls(self, ids: torch.Tensor, what: str, video_ids=()) -> None:
+        bad = (ids[:, 0] != self.ids["cls"]).nonzero().flatten().tolist()
+        if bad:
+            names = [video_ids[i] for i in bad[:5]] if video_ids else bad[:5]
+            raise DataError(f"{what} token ids must start with [CLS] ({self.ids['cls']}); rows {names} do not")
+
+    # -- 3. the objectives ------------------------------------------------------------------------
+    def _teacher(self, ids: torch.Tensor, mask: torch.Tensor, bos: str):
+        """Decoder input ([BOSx] w_1 .. w_n) and labels (w_1 .. w_n [SEP]) of '[CLS] w_1 .. w_n [SEP]'."""
+        return _with_first(ids[:, :-1], self.ids[bos]), ids[:, 1:], mask[:, 1:]
+
+    def forward(self, batch: CaptionBatch, generator: torch.Generator | None = None) -> dict:
+        """Losses of ``mvgpt.objective`` on a batch; ``out["loss"]`` (= ``out["objective"]``) is their
+        weighted sum. ``generator`` draws the MLM masks (None: the global RNG)."""
+        g = self.cfg.mvgpt
+        names = list(batch.video_ids)
+        self._check_cls(batch.transcript_ids, "transcript", names)
+        self._check_cls(batch.target_ids, "target", names)
+        visual = self.encode_visual(batch.video, batch.video_mask)
+        if "caption" in self.parts:  # fine-tuning: frames (+ transcript) -> caption, the FG path
+            ids, mask = batch.transcript_ids, batch.transcript_mask
+            if not g.use_transcript:  # '[CLS] [SEP]': video only
+                ids, mask = ids[:, :2].clone(), torch.ones_like(mask[:, :2])
+                ids[:, 1] = self.ids["sep"]
+            memory = self.encode(None, None, ids, mask, visual=visual)
+            dec_in, labels, label_mask = self._teacher(batch.target_ids, batch.target_mask, "bos1")
+            logits, _ = self.decoder(dec_in, memory)
+            loss = losses.caption_loss(logits, labels, label_mask)
+            return {"caption": loss, "loss": loss, "objective": loss}
+
+        # pretraining: FG reads (F, U) and writes W; BG reads (F, W) and writes U
+        passes = []
+        if "fg" in self.parts or "bg" not in self.parts:  # MLM alone reads U, as FG does
+            passes.append(("cls1", "bos1", batch.transcript_ids, batch.transcript_mask, batch.target_ids,
+                           batch.target_mask))
+        if "bg" in self.parts:
+            passes.append(("cls2", "bos2", batch.target_ids, batch.target_mask, batch.transcript_ids,
+                           batch.transcript_mask))
+        text_len = max(p[2].shape[1] for p in passes)
+        text_ids = torch.cat([_pad(_with_first(p[2], self.ids[p[0]]), text_len) for p in passes])
+        text_mask = torch.cat([_pad(p[3], text_len) for p in passes])
+        mlm = "mlm_d" in self.parts or "mlm_e" in self.parts
+        if mlm:  # masked in the same pass as FG/BG (§2.6.4)
+            special = [self.ids[k] for k in ("cls1", "cls2", "bos1", "bos2", "cls", "sep", "mask", "pad")]
+            text_ids, mlm_labels = losses.mask_tokens(text_ids, text_mask, g.mask_prob, generator, special,
+                                                      self.ids["mask"], self.decoder.vocab_size, g.mask_bert_style)
+        n = len(passes)
+        visual_n = Encoded(*(t.repeat(n, *[1] * (t.dim() - 1)) for t in (visual.tokens, visual.mask, visual.pooled)))
+        memory = self.fusion.fuse(self.encode_text(text_ids, text_mask, cacheable=not mlm), visual_n)
+
+        out: dict[str, torch.Tensor] = {}
+        total = memory.tokens.new_zeros(())
+        if "fg" in self.parts or "bg" in self.parts:
+            dec_len = max(p[4].shape[1] for p in passes) - 1
+            teach = [self._teacher(p[4], p[5], p[1]) for p in passes]
+            dec_in = torch.cat([_pad(t[0], dec_len) for t in teach])
+            labels = torch.cat([_pad(t[1], dec_len) for t in teach])
+            label_mask = torch.cat([_pad(t[2], dec_len) for t in teach])
+            logits, _ = self.decoder(dec_in, memory)
+            b = len(batch)
+            for i, (name, weight) in enumerate(self._generation_parts()):
+                rows = slice(i * b, (i + 1) * b)
+                out[name] = losses.caption_loss(logits[rows], labels[rows], label_mask[rows])  # L_FG / L_BG
+                total = total + weight * out[name]
+        if mlm:
+            text_out = memory.tokens[:, :text_len]
+            if "mlm_d" in self.parts:  # the decoder, non-causal, over the encoder's text outputs
+                mlm_logits, _ = self.decoder(None, memory, inputs_embeds=text_out, causal=False, padding_mask=text_mask)
+            else:
+                mlm_logits = self.decoder.lm_logits(self.mlm_e_head(text_out))
+            name = "mlm_d" if "mlm_d" in self.parts else "mlm_e"
+            out[name] = losses.masked_lm_loss(mlm_logits, mlm_labels)
+            out["mlm_tokens"] = int((mlm_labels != losses.IGNORE).sum())
+            total = total + g.mlm_weight * out[name]
+        out["loss"] = out["objective"] = total
+        return out
+
+    def _generation_parts(self) -> list[tuple[str, float]]:
+        g = self.cfg.mvgpt
+        parts = [("fg", g.fg_weight)] if "fg" in self.parts else []
+        return parts + ([("bg", g.bg_weight)] if "bg" in self.parts else [])
+
+    # -- captioning -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, video: torch.Tensor, video_mask: torch.Tensor, transcript_ids: torch.Tensor,
+                 transcript_mask: torch.Tensor, *, method: str | None = None, generator: torch.Generator | None = None,
+                 use_cache: bool = True, **settings) -> list[list[int]]:
+        """Caption each clip by the FG path: [CLS1] transcript + frames -> [BOS1] ... [SEP].
+
+        ``method`` and the ``settings`` (max_len, beam_size, length_penalty, no_repeat_ngram, top_p,
+        temperature) default to the ``mvgpt`` config. Returns WordPiece ids without [BOS1] and [SEP].
+        Call ``model.eval()`` first (dropout stays on in training mode).
+        """
+        g = self.cfg.mvgpt
+        method = method or g.decode
+        if not g.use_transcript:
+            transcript_ids = torch.tensor([[self.ids["cls"], self.ids["sep"]]], device=video.device).expand(len(video), 2)
+            transcript_mask = torch.ones_like(transcript_ids)
+        memory = self.encode(video, video_mask, transcript_ids, transcript_mask)
+        common = {"max_len": settings.pop("max_len", g.max_decode_len),
+                  "no_repeat_ngram": settings.pop("no_repeat_ngram", g.no_repeat_ngram)}
+        if method == "beam":
+            common |= {"beam_size": settings.pop("beam_size", g.beam_size),
+                       "length_penalty": settings.pop("length_penalty", g.length_penalty)}
+        elif method == "nucleus":
+            common |= {"top_p": settings.pop("top_p", g.top_p), "temperature": settings.pop("temperature", g.temperature),
+                       "generator": generator}
+        if settings:
+            raise ConfigError(f"decoding settings {sorted(settings)} do not apply to method {method!r}")
+        banned = [self.ids[k] for k in ("pad", "cls", "mask", "cls1", "bos1", "cls2", "bos2")]
+        return decoding.generate(self.decoder, memory, self.ids["bos1"], self.ids["sep"], method,
+                                 banned=banned, use_cache=use_cache, **common)
