@@ -3,14 +3,17 @@
 ``tfidf_ridge_baseline``: TF-IDF (word 1-2-grams) of each caption -> ridge regression
 onto its video's mean-pooled, standardised feature; a test text scores each test video
 by the cosine between its predicted vector and the video's actual one.
+
+Captioning baselines: ``nearest_neighbour_captions`` (the consensus caption of the nearest
+training video) and ``best_constant_caption`` (one training caption for every video).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
-from vidlang.errors import DataError
+from vidlang.errors import ConfigError, DataError
 
 
 def _sklearn():
@@ -91,3 +94,78 @@ def tfidf_ridge_baseline(
     ridge = Ridge(alpha=alpha).fit(x_train, y)
     pred = ridge.predict(vec.transform(test_captions))
     return (_unit_rows(pred) @ _unit_rows(v).T).astype(np.float32)
+
+
+def _pooled(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
+    """(N, D) features, mean-pooling (N, T, D) over T."""
+    x = np.asarray(x, dtype=np.float64)
+    return _feats(x.mean(axis=1) if x.ndim == 3 else x, name, dim=dim)
+
+
+def _caption_lists(captions: Sequence[Sequence[str]], name: str) -> list[list[str]]:
+    out = []
+    for i, caps in enumerate(captions):
+        if isinstance(caps, str) or not all(isinstance(c, str) for c in caps) or not any(c.strip() for c in caps):
+            raise DataError(f"{name}[{i}] must be a non-empty list of caption strings, got {caps!r:.80}")
+        out.append([c for c in caps if c.strip()])
+    return out
+
+
+def nearest_neighbour_captions(train_feats: np.ndarray, train_captions: Sequence[Sequence[str]],
+                               test_feats: np.ndarray) -> list[str]:
+    """Caption each test video with the consensus caption of its nearest training video.
+
+    Nearest: highest cosine between mean-pooled features ((N, D), or (N, T, D) pooled here),
+    standardised per dimension with the training mean/std. Consensus: among that video's
+    captions, the one with the highest mean CIDEr-D (pycocoevalcap's formula and PTB tokens, IDF
+    over all training videos) against each of the video's other captions (Devlin et al. 2015).
+    Needs Java (the PTB tokenizer).
+    """
+    from vidlang.caption_metrics import CiderD, tokenize
+
+    caps = _caption_lists(train_captions, "train_captions")
+    x = _pooled(train_feats, "train_feats")
+    if x.shape[0] != len(caps):
+        raise DataError(f"train_feats has {x.shape[0]} rows but there are {len(caps)} training videos")
+    q = _pooled(test_feats, "test_feats", dim=x.shape[1])
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std == 0] = 1.0
+    nearest = (_unit_rows((q - mean) / std) @ _unit_rows((x - mean) / std).T).argmax(axis=1)
+    toks = tokenize(dict(enumerate(caps)))
+    cider = CiderD([toks[v] for v in range(len(caps))])
+    best: dict[int, str] = {}
+    for v in dict.fromkeys(int(i) for i in nearest):
+        cols = np.flatnonzero(cider.video_of_ref == v)
+        if len(cols) == 1:
+            best[v] = caps[v][0]
+            continue
+        sim = cider.pair_scores(toks[v])[:, cols]  # (k, k), row i = caption i vs each caption
+        np.fill_diagonal(sim, 0.0)
+        best[v] = caps[v][int((sim.sum(axis=1) / (len(cols) - 1)).argmax())]
+    return [best[int(i)] for i in nearest]
+
+
+def best_constant_caption(train_captions: Sequence[str] | Sequence[Sequence[str]],
+                          references: Mapping[Hashable, Sequence[str]], metric: str = "CIDEr") -> str:
+    """The one training caption that, emitted for every video, scores best against ``references``.
+
+    ``train_captions`` (a flat list, or one list per video) are the candidates; ``references``
+    must be TRAINING references ({id: captions}), so nothing is chosen on test data. Scores are
+    corpus CIDEr-D as coco-caption computes it (PTB tokens, IDF from ``references``), for every
+    distinct candidate, exactly; ties go to the first. Needs Java (the PTB tokenizer).
+    """
+    from vidlang.caption_metrics import CiderD, tokenize
+
+    if metric != "CIDEr":
+        raise ConfigError(f"best_constant_caption supports metric='CIDEr' only, got {metric!r}")
+    flat = [c for caps in train_captions for c in ([caps] if isinstance(caps, str) else caps)]
+    if not all(isinstance(c, str) for c in flat):
+        raise DataError("train_captions must hold caption strings")
+    cands = list(dict.fromkeys(c for c in flat if c.strip()))
+    if not cands:
+        raise DataError("best_constant_caption got no non-empty training caption")
+    refs = _caption_lists(list(references.values()), "references")
+    toks = tokenize({"cand": cands, **{i: r for i, r in enumerate(refs)}})
+    cider = CiderD([toks[i] for i in range(len(refs))])
+    scores = cider.video_scores(toks["cand"]).mean(axis=1)
+    return cands[int(np.argmax(scores))]

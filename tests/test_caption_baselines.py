@@ -1,0 +1,87 @@
+"""Tests of the captioning baselines: nearest-neighbour consensus caption and best constant caption."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pycocoevalcap")
+pytest.importorskip("scipy")
+if shutil.which("java") is None:
+    pytest.skip("caption baselines need java (PTB tokenizer)", allow_module_level=True)
+
+from vidlang.baselines import best_constant_caption, nearest_neighbour_captions  # noqa: E402
+from vidlang.errors import ConfigError, DataError  # noqa: E402
+
+# Lower-case, no punctuation: the PTB tokenizer leaves these unchanged.
+TRAIN_CAPS = [
+    ["a man is slicing a tomato", "a man slices a red tomato", "a man is slicing a tomato on a board",
+     "someone plays a guitar"],
+    ["a dog runs in the park", "a dog is running in a park", "a cat sleeps"],
+    ["a woman sings a song", "a woman is singing", "a woman is singing a song on stage"],
+    ["cars race on a track", "cars race on a track", "a car drives fast"],
+]
+
+
+def _brute_nn(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    mean, std = train.mean(0), train.std(0)
+    std[std == 0] = 1
+    a, b = (train - mean) / std, (test - mean) / std
+    out = []
+    for q in b:
+        sims = [float(q @ x / (np.linalg.norm(q) * np.linalg.norm(x))) for x in a]
+        out.append(int(np.argmax(sims)))
+    return np.array(out)
+
+
+def test_nearest_neighbour_picks_the_nearest_videos_consensus_caption():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(4, 6, 5))  # (N, T, D): mean-pooled inside
+    test = train.mean(axis=1)[[3, 0, 1, 2, 0]] + 0.05 * rng.normal(size=(5, 5))
+    got = nearest_neighbour_captions(train, TRAIN_CAPS, test)
+    nearest = _brute_nn(train.mean(axis=1), test)
+    assert list(nearest) == [3, 0, 1, 2, 0]
+    for caption, v in zip(got, nearest):
+        assert caption in TRAIN_CAPS[v]
+    assert got[0] == "cars race on a track"  # the caption given twice is the consensus
+    assert got[1] not in ("someone plays a guitar",) and got[1] == got[4]
+    assert got[2] != "a cat sleeps"  # the outlier never wins
+
+
+def test_nearest_neighbour_rejects_bad_input():
+    feats = np.zeros((4, 3))
+    with pytest.raises(DataError, match="rows"):
+        nearest_neighbour_captions(feats[:3], TRAIN_CAPS, feats)
+    with pytest.raises(DataError, match="dim"):
+        nearest_neighbour_captions(feats, TRAIN_CAPS, np.zeros((2, 4)))
+    with pytest.raises(DataError, match="non-empty list"):
+        nearest_neighbour_captions(feats, TRAIN_CAPS[:3] + [[""]], feats)
+    bad = feats.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        nearest_neighbour_captions(bad, TRAIN_CAPS, feats)
+
+
+def test_best_constant_caption_is_the_argmax_of_corpus_cider():
+    from pycocoevalcap.cider.cider import Cider
+
+    refs = {f"v{i}": caps for i, caps in enumerate(TRAIN_CAPS)}
+    got = best_constant_caption(TRAIN_CAPS, refs)
+    gts = dict(enumerate(TRAIN_CAPS))
+    scores = {c: Cider().compute_score(gts, {v: [c] for v in gts})[0] for caps in TRAIN_CAPS for c in caps}
+    assert got == max(scores, key=scores.get)
+    assert scores[got] > min(scores.values())
+    # a flat candidate list works too, and only its captions can be chosen
+    few = ["a cat sleeps", "a woman is singing"]
+    assert best_constant_caption(few, refs) == max(few, key=scores.get)
+
+
+def test_best_constant_caption_rejects_bad_input():
+    refs = {"a": ["x y"], "b": ["y z"]}
+    with pytest.raises(ConfigError, match="CIDEr"):
+        best_constant_caption(["x"], refs, metric="BLEU-4")
+    with pytest.raises(DataError, match="no non-empty"):
+        best_constant_caption(["", " "], refs)
+    with pytest.raises(DataError, match="non-empty list"):
+        best_constant_caption(["x"], {"a": []})
