@@ -25,7 +25,7 @@ import numpy as np
 
 from vidlang.errors import DataError
 
-__all__ = ["FeatureStore", "open_store", "natural_key", "validate_features"]
+__all__ = ["FeatureStore", "open_store", "natural_key", "validate_features", "check_extractor", "ENTRY_SUFFIX"]
 
 # Errors numpy/h5py/pickle raise on unreadable or truncated files.
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, pickle.UnpicklingError)
@@ -84,6 +84,52 @@ def _read_meta(folder: Path) -> dict:
     if not isinstance(meta, dict):
         raise DataError(f"{meta_path} must hold a JSON object, not {type(meta).__name__}")
     return meta
+
+
+# `vidlang extract` writes ``<video_id>.npy`` plus ``<video_id>.meta.json``, whose "extractor" dict
+# (backbone, weights hash, sampling, frame size, ...) must be equal across a store.
+ENTRY_SUFFIX = ".meta.json"
+
+
+def _differing(a: dict, b: dict) -> str:
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    return "; ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys)
+
+
+def check_extractor(folder: Path, ids: list[str], meta: dict) -> dict | None:
+    """The common ``extractor`` record of an npy-folder store, or None if it has no such records.
+
+    Raises DataError when two videos (or a video and ``meta.json``) were extracted differently,
+    or when an extracted store holds a video without its record.
+    """
+    records: dict[str, dict] = {}
+    for vid in ids:
+        side = folder / f"{vid}{ENTRY_SUFFIX}"
+        if side.is_file():
+            try:
+                rec = json.loads(side.read_bytes().decode("utf-8"))["extractor"]
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"cannot read the extractor record {side}: {e}") from e
+            if not isinstance(rec, dict):
+                raise DataError(f"{side}: 'extractor' must be a JSON object, not {type(rec).__name__}")
+            records[vid] = rec
+    stored = meta.get("extractor") if isinstance(meta.get("extractor"), dict) else None  # a free-form string: no check
+    if not records and stored is None:
+        return None
+    unrecorded = [v for v in ids if v not in records]
+    if unrecorded:
+        raise DataError(f"feature store {folder} mixes extracted features with {len(unrecorded)} videos that have "
+                        f"no extractor record (<id>{ENTRY_SUFFIX}), e.g. {unrecorded[:3]}; re-extract them or "
+                        "move them to another store")
+    first, ref = next(iter(records.items()))
+    for vid, rec in records.items():
+        if rec != ref:
+            raise DataError(f"feature store {folder} mixes features from different extractors: videos {first!r} "
+                            f"and {vid!r} differ in {_differing(ref, rec)}")
+    if stored is not None and stored != ref:
+        raise DataError(f"feature store {folder}: meta.json and video {first!r} name different extractors "
+                        f"({_differing(stored, ref)})")
+    return ref
 
 
 def _check_fps(fps: Any, source: str) -> float | None:
@@ -173,6 +219,7 @@ class NpyFolderStore(_Store):
             raise DataError(f"feature folder {path} holds no .npy files")
         ids = sorted(files, key=natural_key)
         self._files = files
+        check_extractor(path, ids, meta)
         dim = meta.get("dim")
         if dim is None:  # the first file with a readable header gives D
             for vid in ids:
