@@ -16,7 +16,7 @@ import yaml
 from vidlang import checkpoint as ckpt
 from vidlang.config import Config, config_from_dict
 from vidlang.data.dataset import VideoTextDataset, collate, encode_caption, sample_frames
-from vidlang.data.features import FeatureStore, open_store, validate_features
+from vidlang.data.features import FeatureStore, validate_features
 from vidlang.data.records import Clip
 from vidlang.errors import DataError
 from vidlang.models.taco import TACo
@@ -101,15 +101,33 @@ def encode_text(loaded: LoadedModel, texts: str | list[str], batch_size: int = 2
     return encode_texts(loaded.model, batches())
 
 
-def search(loaded: LoadedModel, query: str | list[str], store: str | Path | FeatureStore, k: int = 10,
+def search(loaded: LoadedModel, query: str | list[str], store, k: int = 10,
            scoring: str = "cascade") -> list[list[tuple[str, float]]]:
-    """Rank the videos of a feature store for each query: [(video_id, score), ...] best first."""
-    store = open_store(store) if isinstance(store, (str, Path)) else store
+    """Rank the clips of ``store`` for each query: [(video_id, score), ...] best first.
+
+    ``store``: a feature store (or its path; encoded here, in memory), an index folder or a
+    :class:`vidlang.index.ClipIndex`. ``exact`` = s1 + 0.5·s2 + s3 on every clip; ``cascade`` = the
+    fusion head reranks the top ``eval.rerank_topk``; ``s1+s2`` = stage one alone (see vidlang.search,
+    which also explains each hit word by word). Other scorings score every pair with score_matrix.
+    """
+    from vidlang.index import ClipIndex, build_index, load_index
+    from vidlang.search import search as search_index
+
+    if isinstance(store, ClipIndex):
+        index = store
+    elif isinstance(store, (str, Path)) and (Path(store) / "index.json").is_file():
+        index = load_index(store, loaded)
+    else:
+        index = build_index(loaded, store, faiss="none", token_dtype="float32")
     queries = [query] if isinstance(query, str) else list(query)
-    videos = encode_video(loaded, [store[v] for v in store.ids])
-    texts = encode_text(loaded, queries)
     e = loaded.cfg.eval
-    sim = score_matrix(loaded.model, videos, texts, scoring, e.token_scale, e.rerank_topk, e.batch_pairs)
+    if scoring in ("exact", "cascade", "s1+s2"):
+        topk = len(index) if scoring == "exact" else e.rerank_topk
+        return [[(h.video_id, h.score) for h in search_index(
+            index, q, k, rerank=scoring != "s1+s2", rerank_topk=topk, explain=False,
+            candidates=None if scoring == "exact" else 1000)] for q in queries]
+    sim = score_matrix(loaded.model, index.encoded(np.arange(len(index))), encode_text(loaded, queries), scoring,
+                       e.token_scale, e.rerank_topk, e.batch_pairs)
     top = sim.topk(min(k, sim.shape[1]), dim=1)
-    return [[(store.ids[j], float(s)) for s, j in zip(row_s.tolist(), row_i.tolist())]
+    return [[(index.video_ids[j], float(s)) for s, j in zip(row_s.tolist(), row_i.tolist())]
             for row_s, row_i in zip(top.values, top.indices)]

@@ -16,6 +16,10 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, progress=not args.quiet)
+    from vidlang.distributed import is_main
+
+    if not is_main():  # under torchrun the first process reports
+        return
     best = summary["best"]
     print(f"done: {summary['steps']} steps; best {cfg.eval.metric} {best['metric']:.2f} at step {best['step']}"
           if best["step"] else f"done: {summary['steps']} steps (no validation split)")
@@ -64,9 +68,91 @@ def cmd_demo(args) -> None:
     run_demo(out_dir=Path(args.out), steps=args.steps, num_videos=args.videos, progress=not args.quiet)
 
 
+def cmd_index(args) -> None:
+    from vidlang.api import load_model
+    from vidlang.data.features import open_store
+    from vidlang.index import FaissSettings, build_index, read_clips
+
+    loaded = load_model(args.checkpoint, args.which)
+    store = open_store(args.features, fps=args.fps, allow_pickle=args.allow_pickle)
+    settings = FaissSettings(args.faiss, args.exact_threshold, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
+    index = build_index(loaded, store, args.out, clips=read_clips(args.clips) if args.clips else None,
+                        faiss=settings, token_dtype="float32" if args.fp32_tokens else "float16",
+                        batch_size=args.batch_size, skip_bad=args.skip_bad, overwrite=args.overwrite,
+                        progress=not args.quiet)
+    skipped = index.meta.get("skipped", {})
+    print(f"indexed {len(index)} clips with {loaded.checkpoint} ({index.meta['faiss']['built'] or 'no FAISS'}"
+          f"{f'; skipped {len(skipped)} bad videos' if skipped else ''}) -> {args.out}")
+
+
+def cmd_search(args) -> None:
+    from vidlang.index import load_index
+    from vidlang.search import format_hits, search
+
+    index = load_index(args.index, args.checkpoint)
+    hits = search(index, args.query, args.k, rerank=not args.no_rerank, rerank_topk=args.rerank_topk,
+                  candidates=args.candidates, nprobe=args.nprobe, ef_search=args.ef_search, margin=args.margin)
+    if args.json:
+        print(json.dumps({"query": args.query, "hits": [h.to_dict() for h in hits]}, indent=2))
+    else:
+        print(f"query {args.query!r}: {len(hits)} of {len(index)} clips")
+        print(format_hits(hits))
+
+
+def cmd_plot(args) -> None:
+    from vidlang.errors import ConfigError
+    from vidlang.plot import plot_alignment, plot_training
+
+    if args.index:
+        from vidlang.index import load_index
+        from vidlang.search import search
+
+        if not args.query:
+            raise ConfigError("plot --index needs --query")
+        hits = search(load_index(args.index), args.query, args.top)
+        print(f"written {plot_alignment(hits, args.query, args.out, args.top)}")
+    elif args.run_dir:
+        for path in plot_training(args.run_dir, args.out):
+            print(f"written {path}")
+    else:
+        raise ConfigError("plot needs a RUN_DIR (training curves) or --index and --query (an alignment heatmap)")
+
+
+def cmd_extract(args) -> None:
+    from vidlang.errors import DataError
+    from vidlang.extract import extract_features, format_summary
+
+    summary = extract_features(args.videos, args.backbone, args.out, weights=args.weights, fps=args.fps,
+                               num_frames=args.num_frames, window=args.window, stride=args.stride, pool=args.pool,
+                               frame_size=args.frame_size, batch_size=args.batch_size, workers=args.workers,
+                               device=args.device, dim=args.dim, progress=not args.quiet)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if summary["failed"] and not (summary["done"] or summary["skipped_existing"]):
+        raise DataError(f"all {summary['videos']} videos failed; see {args.out}/extract_summary.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidlang", description="Video-language learning: TACo retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extract", help="decode videos and write a frame-feature store that training reads")
+    p.add_argument("videos", help="a folder of videos, a list file (one path per line) or one video file")
+    p.add_argument("--backbone", required=True, help="tiny (untrained, for tests) | clip | resnet; clip:PATH, resnet:PATH")
+    p.add_argument("--weights", help="clip: HF folder or cached hub name; resnet: torchvision state_dict file")
+    p.add_argument("--out", required=True, help="feature store folder (<id>.npy + meta.json); reruns resume")
+    p.add_argument("--fps", type=float, help="frames per second (default 1; with --window: the in-window rate)")
+    p.add_argument("--num-frames", type=int, help="instead: N frames per video, spread uniformly")
+    p.add_argument("--window", type=float, help="instead: one feature per window of this many seconds")
+    p.add_argument("--stride", type=float, help="seconds between window starts (default: --window)")
+    p.add_argument("--pool", choices=["mean", "stack"], default="mean", help="window frame features: mean or concat")
+    p.add_argument("--frame-size", type=int, help="resize shorter side + centre crop (default: the backbone's input)")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per backbone forward")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (0: decode in the main process)")
+    p.add_argument("--device", default="cpu", help="torch device of the backbone, e.g. cuda")
+    p.add_argument("--dim", type=int, default=64, help="tiny backbone only: feature width")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("train", help="train a model from a YAML recipe")
     p.add_argument("config", help="YAML recipe, e.g. configs/taco/msrvtt-ae128.yaml")
@@ -93,6 +179,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=int, default=None, help="number of generated videos")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("index", help="encode every clip of a feature store once, for search")
+    p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
+    p.add_argument("--features", required=True, help="the feature store to index")
+    p.add_argument("--out", required=True, help="the index folder to write")
+    p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint of a run folder")
+    p.add_argument("--clips", help="clip list: 'video_id' or 'video_id start end' per line (default: whole videos)")
+    p.add_argument("--fps", type=float, help="features per second (default: the store's meta.json)")
+    p.add_argument("--faiss", choices=["auto", "exact", "ivf", "hnsw", "none"], default="auto",
+                   help="stage-one index: auto = exact below --exact-threshold clips, IVF above")
+    p.add_argument("--exact-threshold", type=int, default=100_000)
+    p.add_argument("--nlist", type=int, help="IVF cells (default ~4 sqrt(N))")
+    p.add_argument("--nprobe", type=int, default=16, help="IVF cells searched per query")
+    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth")
+    p.add_argument("--fp32-tokens", action="store_true", help="store token features as float32 (default float16)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad videos instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-pickle", action="store_true", help="allow a pickle feature store (runs code!)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="rank the clips of an index for a text query, word by word")
+    p.add_argument("index", help="an index folder (vidlang index)")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=10, help="clips to show")
+    p.add_argument("--rerank-topk", type=int, default=50, help="clips the fusion head reranks (s3)")
+    p.add_argument("--no-rerank", action="store_true", help="stage one only: s1 + 0.5 s2")
+    p.add_argument("--candidates", type=int, default=1000, help="FAISS shortlist on large indexes")
+    p.add_argument("--nprobe", type=int, help="IVF cells searched (default: the index's)")
+    p.add_argument("--ef-search", type=int, help="HNSW search breadth (default: the index's)")
+    p.add_argument("--margin", type=float, default=0.2, help="word span: frames within margin x range of the best")
+    p.add_argument("--checkpoint", help="the checkpoint to search with (default: the one the index records)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("plot", help="training curves of a run, or a query's word x time heatmap (PNG)")
+    p.add_argument("run_dir", nargs="?", help="a run folder (its tensorboard/ logs or summary.json)")
+    p.add_argument("--out", required=True, help="folder for training curves; .png file for --index")
+    p.add_argument("--index", help="an index folder: plot the alignment of --query over its top clips")
+    p.add_argument("--query")
+    p.add_argument("--top", type=int, default=3, help="clips in the heatmap")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -1,0 +1,227 @@
+"""Text-to-clip search over a :class:`~vidlang.index.ClipIndex`, with a word × time explanation.
+
+Scores are TACo's (methods.md §1.5), computed by :mod:`vidlang.scoring` on the index's stored features:
+
+1. candidates: every clip when the collection holds at most ``candidates`` clips, otherwise the top
+   ``candidates`` clips by s1 from the FAISS index (s1 is an inner product of pooled vectors);
+2. stage one: s1 + 0.5·s2 on the candidates (s2: IDF-weighted max over frames, Eq. 4);
+3. cascade: the fusion head adds s3 to the top ``rerank_topk``; reranked clips rank above the rest,
+   as in ``scoring.score_matrix(..., "cascade")``. ``rerank_topk >= N`` is the paper's exact s1+0.5·s2+s3.
+
+Each hit explains itself: for each content word of the query (spaCy NOUN/VERB, the model's tokens of
+interest) the similarity of the word to every frame (the mean over its WordPieces of x^k · y^p, the
+term TACo's token score maximises over frames), its best frame and the span around it.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from vidlang.api import LoadedModel, encode_text
+from vidlang.data.dataset import encode_caption
+from vidlang.errors import ConfigError, VidlangError
+from vidlang.index import ClipIndex, build_index, s1_vectors
+from vidlang.models.blocks import Encoded
+from vidlang.scoring import EncodedSet, fusion_pairs, sentence_and_token_scores
+from vidlang.text.pos import DEFAULT_TAGS, tag_captions
+
+_TEXT_LOCK = threading.Lock()  # HF fast tokenizers and spaCy are not safe to call from several threads at once
+
+
+@dataclass
+class WordAlignment:
+    """Where one query word matches inside a clip. Frame indices index ``per_frame`` (the encoded frames)."""
+
+    word: str
+    start_s: float | None  # span in seconds inside the video (None when the store's fps is unknown)
+    end_s: float | None
+    frame: int  # encoded frame of the best match
+    score: float  # the best similarity, max over frames
+    per_frame: list[float]  # similarity to every encoded frame: the heat strip
+    span: tuple[int, int] = (0, 0)  # first and last encoded frame within the margin of the best
+    char_start: int = 0  # the word's place in the query
+    char_end: int = 0
+    weight: float = 0.0  # its share of s2 (normalised IDF weight; 0 for a word outside the tokens of interest)
+
+
+@dataclass
+class SearchHit:
+    rank: int  # 1-based
+    video_id: str
+    score: float  # s1 + 0.5·s2 (+ s3 when reranked)
+    s1: float
+    s2: float
+    s3: float | None  # None: not reranked by the fusion head
+    clip_index: int  # row of the index
+    start_s: float | None = None  # the clip's segment of the video (None: the start/end of the video)
+    end_s: float | None = None
+    frames: list[int] = field(default_factory=list)  # source feature index of each encoded frame
+    frame_times: list[float] | None = None  # start time (s) of each encoded frame, when fps is known
+    alignments: list[WordAlignment] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class QueryWord:
+    word: str
+    char_start: int
+    char_end: int
+    pieces: list[int]  # WordPiece positions in the encoded query
+    weight: float
+
+
+def query_words(loaded: LoadedModel, query: str, weights: np.ndarray | None = None) -> list[QueryWord]:
+    """The query's content words (POS tags of the model's tokens of interest, default NOUN/VERB) with
+    their WordPieces; with none, every word (non-special WordPieces merged by the tokenizer's word ids)."""
+    enc = loaded.tokenizer(query, truncation=True, max_length=loaded.cfg.data.max_words, return_offsets_mapping=True)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    real = offsets[:, 1] > offsets[:, 0]
+    weights = np.zeros(len(offsets)) if weights is None else np.asarray(weights, dtype=np.float64)[: len(offsets)]
+    tags = tuple(getattr(loaded.weighter, "tags", DEFAULT_TAGS)) or DEFAULT_TAGS
+    words: list[QueryWord] = []
+    try:
+        tagged = tag_captions([query])[0]
+    except VidlangError:  # no tagger installed: fall back to every word
+        tagged = []
+    for start, end, word, pos in tagged:
+        pieces = np.flatnonzero(real & (offsets[:, 0] < end) & (offsets[:, 1] > start)).tolist()
+        if pos in tags and pieces:
+            words.append(QueryWord(query[start:end], start, end, pieces, float(weights[pieces].sum())))
+    if words:
+        return words
+    groups: dict[int, list[int]] = {}
+    for p, w in enumerate(enc.word_ids()):
+        if w is not None and real[p]:
+            groups.setdefault(w, []).append(p)
+    for pieces in groups.values():
+        start, end = int(offsets[pieces[0], 0]), int(offsets[pieces[-1], 1])
+        if any(ch.isalnum() for ch in query[start:end]):
+            words.append(QueryWord(query[start:end], start, end, pieces, float(weights[pieces].sum())))
+    return words
+
+
+@torch.no_grad()
+def align_words(loaded: LoadedModel, text: EncodedSet, words: list[QueryWord], video: Encoded,
+                frames: np.ndarray, fps: float | None, margin: float = 0.2) -> list[WordAlignment]:
+    """Per word, the similarity to each real frame of one video (row 0 of ``video``) and the span of
+    frames within ``margin`` × (max - min) of the best; times from the source feature indices ``frames``."""
+    if not 0 <= margin <= 1:
+        raise ConfigError(f"margin must be in [0, 1], got {margin}")
+    v, t = loaded.model._normalise(video), loaded.model._normalise(text.encoded)
+    real = int(video.mask[0].sum())
+    sim = t.tokens[0] @ v.tokens[0, :real].T  # (pieces, frames): x^k · y^p, as in Eq. 4
+    out = []
+    for w in words:
+        strip = sim[w.pieces].mean(0).cpu().numpy().astype(np.float64)
+        best = int(strip.argmax())
+        floor = strip[best] - margin * (strip[best] - strip.min())
+        lo, hi = best, best
+        while lo > 0 and strip[lo - 1] >= floor:
+            lo -= 1
+        while hi < real - 1 and strip[hi + 1] >= floor:
+            hi += 1
+        start_s = end_s = None
+        if fps:
+            start_s, end_s = float(frames[lo]) / fps, float(frames[hi] + 1) / fps
+        out.append(WordAlignment(w.word, start_s, end_s, best, float(strip[best]), strip.tolist(), (lo, hi),
+                                 w.char_start, w.char_end, w.weight))
+    return out
+
+
+def _candidates(index: ClipIndex, text: EncodedSet, candidates: int | None, nprobe: int | None,
+                ef_search: int | None) -> np.ndarray:
+    n = len(index)
+    if candidates is None or candidates >= n or index.faiss_index is None:
+        return np.arange(n)
+    import faiss
+
+    query = s1_vectors(index.loaded, text.encoded.pooled)
+    params = None
+    if nprobe is not None and hasattr(index.faiss_index, "nprobe"):
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+    elif ef_search is not None and hasattr(index.faiss_index, "hnsw"):
+        params = faiss.SearchParametersHNSW(efSearch=ef_search)
+    _, rows = index.faiss_index.search(query, candidates, params=params)
+    return np.sort(rows[0][rows[0] >= 0])
+
+
+@torch.no_grad()
+def search(
+    index: ClipIndex | LoadedModel,
+    query: str,
+    k: int = 10,
+    *,
+    store=None,
+    rerank: bool = True,
+    rerank_topk: int = 50,
+    candidates: int | None = 1000,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    explain: bool = True,
+    margin: float = 0.2,
+    chunk: int = 4096,
+) -> list[SearchHit]:
+    """The ``k`` best clips for ``query``, best first (see the module doc for the stages).
+
+    ``index`` may also be a loaded model, with ``store`` (a feature store or its path) encoded in memory.
+    ``candidates=None`` scores s1 + 0.5·s2 on every clip (chunked), whatever the collection size.
+    """
+    if isinstance(index, LoadedModel):
+        if store is None:
+            raise ConfigError("search with a loaded model needs store= (a feature store), or give a ClipIndex")
+        index = build_index(index, store, faiss="none", token_dtype="float32")
+    if k < 1 or rerank_topk < 0:
+        raise ConfigError(f"need k >= 1 and rerank_topk >= 0, got k={k}, rerank_topk={rerank_topk}")
+    loaded, model = index.loaded, index.loaded.model
+    model.eval()
+    with _TEXT_LOCK:
+        text = encode_text(loaded, query)
+        words = query_words(loaded, query, text.weights[0].cpu().numpy()) if explain else []
+    rows = _candidates(index, text, candidates, nprobe, ef_search)
+    s1, s2 = torch.empty(len(rows)), torch.empty(len(rows))
+    for start in range(0, len(rows), chunk):
+        part = slice(start, start + chunk)
+        a, b = sentence_and_token_scores(model, index.encoded(rows[part]), text)
+        s1[part], s2[part] = a[0].cpu(), b[0].cpu()
+    base = s1 + loaded.cfg.eval.token_scale * s2  # stage one: s1 + 0.5·s2
+    order = torch.sort(base, descending=True, stable=True).indices
+    top = order[: rerank_topk if rerank else 0]
+    s3 = torch.full((len(rows),), float("nan"))
+    if len(top):  # cascade: the fusion head reranks the shortlist, which stays above the rest
+        videos = index.encoded(rows[top.numpy()])
+        s3[top] = fusion_pairs(model, videos, text, torch.arange(len(top)), torch.zeros(len(top), dtype=torch.long),
+                               loaded.cfg.eval.batch_pairs).cpu()
+        reranked = top[torch.sort(base[top] + s3[top], descending=True, stable=True).indices]
+        order = torch.cat([reranked, order[len(top):]])
+    hits = []
+    for rank, i in enumerate(order[:k].tolist(), 1):
+        row = int(rows[i])
+        frames = np.asarray(index.frames[row])
+        frames = frames[frames >= 0]
+        reranked = not torch.isnan(s3[i])
+        score = float(base[i] + s3[i]) if reranked else float(base[i])
+        start_s, end_s = index.clip_span(row)
+        times = [float(f) / index.fps for f in frames] if index.fps else None
+        alignments = align_words(loaded, text, words, index.encoded([row]).encoded, frames, index.fps, margin) if words else []
+        hits.append(SearchHit(rank, index.video_ids[row], score, float(s1[i]), float(s2[i]),
+                              float(s3[i]) if reranked else None, row, start_s, end_s, frames.tolist(), times, alignments))
+    return hits
+
+
+def format_hits(hits: list[SearchHit]) -> str:
+    """A readable listing: one line per clip, then one per word with its best time span."""
+    lines = []
+    for h in hits:
+        s3 = "  s3 -" if h.s3 is None else f"  s3 {h.s3:7.3f}"
+        seg = "" if h.start_s is None and h.end_s is None else f" [{h.start_s or 0:.1f}-{h.end_s or 0:.1f} s]"
+        lines.append(f"{h.rank:3d}. {h.video_id}{seg}  score {h.score:8.3f}   (s1 {h.s1:7.3f}  s2 {h.s2:7.3f}{s3})")
+        for a in h.alignments:
+            when = (f"{a.start_s:6.2f}-{a.end_s:6.2f} s" if a.start_s is not None
+                    else f"frames {a.span[0]}-{a.span[1]}")
+            lines.append(f"       {a.word:>14s}  {when}  best frame {a.frame} ({a.score:.3f})")
+    return "\n".join(lines)
