@@ -20,7 +20,7 @@ from vidlang.data.features import FeatureStore
 from vidlang.data.records import Batch, Clip
 from vidlang.errors import ConfigError, DataError
 
-__all__ = ["cut_segment", "sample_frames", "encode_caption", "VideoTextDataset", "collate",
+__all__ = ["cut_segment", "sample_frames", "encode_caption", "VideoTextDataset", "pad_videos", "collate",
            "UniqueVideoBatchSampler"]
 
 TokenWeighter = Callable[[str, list[tuple[int, int]]], np.ndarray]
@@ -157,25 +157,33 @@ class VideoTextDataset(Dataset):
         }
 
 
-def collate(items: list[dict[str, Any]]) -> Batch:
-    """Pad video to the batch's longest T (``video_mask`` True on real frames) and text to the
-    longest L (pad id 0, attention 0, weight 0)."""
+def pad_videos(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Items' ``video`` padded to the longest T: (B, T, D) zeros where masked, and the (B, T) mask."""
     if not items:
-        raise ValueError("collate got an empty list of items")
+        raise ValueError("cannot collate an empty list of items")
     dims = {it["video"].shape[1] for it in items}
     if len(dims) != 1:
         raise DataError(f"items in one batch have different feature dims {sorted(dims)}: "
                         f"videos {[it['video_id'] for it in items][:5]}")
-    b, t_max, l_max = len(items), max(it["video"].shape[0] for it in items), \
-        max(it["input_ids"].shape[0] for it in items)
-    video = torch.zeros(b, t_max, dims.pop())
-    video_mask = torch.zeros(b, t_max, dtype=torch.bool)
+    t_max = max(it["video"].shape[0] for it in items)
+    video = torch.zeros(len(items), t_max, dims.pop())
+    video_mask = torch.zeros(len(items), t_max, dtype=torch.bool)
+    for k, it in enumerate(items):
+        t = it["video"].shape[0]
+        video[k, :t], video_mask[k, :t] = it["video"], True
+    return video, video_mask
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    """Pad video to the batch's longest T (``video_mask`` True on real frames) and text to the
+    longest L (pad id 0, attention 0, weight 0)."""
+    video, video_mask = pad_videos(items)
+    b, l_max = len(items), max(it["input_ids"].shape[0] for it in items)
     input_ids = torch.zeros(b, l_max, dtype=torch.long)
     attention_mask = torch.zeros(b, l_max, dtype=torch.long)
     token_weights = torch.zeros(b, l_max)
     for k, it in enumerate(items):
-        t, n = it["video"].shape[0], it["input_ids"].shape[0]
-        video[k, :t], video_mask[k, :t] = it["video"], True
+        n = it["input_ids"].shape[0]
         input_ids[k, :n], attention_mask[k, :n] = it["input_ids"], it["attention_mask"]
         token_weights[k, :n] = it["token_weights"]
     return Batch(video=video, video_mask=video_mask, input_ids=input_ids, attention_mask=attention_mask,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from vidlang.data.annotations import _load_json, _Maker, _parse_activitynet, _parse_youcook2, _read_text
-from vidlang.data.dataset import VideoTextDataset, cut_segment, sample_frames
+from vidlang.data.dataset import VideoTextDataset, cut_segment, pad_videos, sample_frames
 from vidlang.data.features import FeatureStore
 from vidlang.data.records import CaptionBatch, Clip
 from vidlang.errors import ConfigError, DataError
@@ -331,18 +331,7 @@ def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 def collate_captions(items: list[dict[str, Any]]) -> CaptionBatch:
     """Pad video to the longest T (``video_mask`` True on real frames) and each text to its longest
     length (pad id 0, mask 0)."""
-    if not items:
-        raise ValueError("collate_captions got an empty list of items")
-    dims = {it["video"].shape[1] for it in items}
-    if len(dims) != 1:
-        raise DataError(f"items in one batch have different feature dims {sorted(dims)}: "
-                        f"videos {[it['video_id'] for it in items][:5]}")
-    t_max = max(it["video"].shape[0] for it in items)
-    video = torch.zeros(len(items), t_max, dims.pop())
-    video_mask = torch.zeros(len(items), t_max, dtype=torch.bool)
-    for k, it in enumerate(items):
-        t = it["video"].shape[0]
-        video[k, :t], video_mask[k, :t] = it["video"], True
+    video, video_mask = pad_videos(items)
     transcript_ids, transcript_mask = _pad([it["transcript_ids"] for it in items])
     target_ids, target_mask = _pad([it["target_ids"] for it in items])
     return CaptionBatch(video=video, video_mask=video_mask, transcript_ids=transcript_ids,
