@@ -61,6 +61,16 @@ def test_each_objective_returns_its_losses(model, objective, keys):
     assert out["loss"].item() == pytest.approx(sum(out[k].item() for k in keys), rel=1e-5)
 
 
+def test_logits_of_chosen_positions_equal_the_full_logits(model):
+    b = make_batch()
+    memory = model.encode(b.video, b.video_mask, b.transcript_ids, b.transcript_mask)
+    ids = torch.tensor([[1, 2045, 2003, 102], [1, 2158, 102, 0], [1, 102, 0, 0]])
+    full, _ = model.decoder(ids, memory)
+    chosen = ids != 0
+    only, _ = model.decoder(ids, memory, only=chosen)
+    assert torch.allclose(only, full[chosen], atol=1e-5)
+
+
 def test_loss_weights(model):
     batch, weights = make_batch(), dict(fg_weight=2.0, bg_weight=0.5, mlm_weight=3.0)
     out = use(model, "pretrain", **weights)(batch, torch.Generator().manual_seed(1))

@@ -211,6 +211,12 @@ def test_load_model_refuses_another_models_checkpoint(tmp_path, trained_run):
     meta["model"] = "mvgpt"
     (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="mvgpt"):
+        load_model(folder, kind="taco")
+    with pytest.raises(CheckpointError, match="does not match"):  # MV-GPT meta, TACo weights
+        load_model(folder)
+    meta["model"] = "clip4clip"
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="clip4clip"):
         load_model(folder)
 
 

@@ -1,8 +1,10 @@
-"""The small public API: load a trained model, encode videos and texts, search.
+"""The small public API: load a trained model, encode videos and texts, search, caption.
 
     import vidlang
     model = vidlang.load_model("runs/demo/taco")            # a run folder or a checkpoint folder
     hits = vidlang.search(model, "a red ball bouncing", features_dir, k=5)
+    captioner = vidlang.load_model("runs/demo/mvgpt")       # an MV-GPT run
+    text = vidlang.caption(captioner, features)             # (T, D) features -> a sentence
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from vidlang.config import Config, config_from_dict
 from vidlang.data.dataset import VideoTextDataset, collate, encode_caption, sample_frames
 from vidlang.data.features import FeatureStore, validate_features
 from vidlang.data.records import Clip
-from vidlang.errors import DataError
+from vidlang.errors import CheckpointError, DataError
+from vidlang.models.mvgpt import MVGPT
 from vidlang.models.taco import TACo
 from vidlang.scoring import EncodedSet, encode_texts, encode_videos, score_matrix
 from vidlang.text.idf import TokenWeighter
@@ -41,11 +44,29 @@ class LoadedModel:
         )
 
 
-def load_model(path: str | Path, which: str = "best") -> LoadedModel:
-    """Load a TACo checkpoint (or the ``best``/``latest`` one of a run folder), in eval mode."""
+@dataclass
+class LoadedCaptioner:
+    model: MVGPT
+    cfg: Config
+    tokenizer: object
+    checkpoint: Path
+    meta: dict
+
+
+def load_model(path: str | Path, which: str = "best", kind: str | None = None) -> LoadedModel | LoadedCaptioner:
+    """Load a checkpoint (or the ``best``/``latest`` one of a run folder), in eval mode: a TACo
+    model (:class:`LoadedModel`) or an MV-GPT captioner (:class:`LoadedCaptioner`), as the checkpoint
+    says. ``kind`` ("taco" or "mvgpt") makes any other kind an error."""
     folder = ckpt.find_checkpoint(path, which)
-    meta = ckpt.read_meta(folder, expect_model="taco")
+    meta = ckpt.read_meta(folder, expect_model=kind)
+    if meta.get("model") not in ("taco", "mvgpt"):
+        raise CheckpointError(f"{folder} holds a {meta.get('model')!r} model, not a vidlang taco or mvgpt model")
     cfg = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
+    if meta["model"] == "mvgpt":
+        captioner = MVGPT(cfg, int(meta["video_dim"]), load_text_weights=False)
+        ckpt.load_weights(captioner, folder)
+        captioner.eval()
+        return LoadedCaptioner(captioner, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta)
     model = TACo(cfg.model, int(meta["video_dim"]), load_text_weights=False)
     ckpt.load_weights(model, folder)
     model.eval()
@@ -53,9 +74,9 @@ def load_model(path: str | Path, which: str = "best") -> LoadedModel:
     return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta)
 
 
-def _video_batch(loaded: LoadedModel, features: list[np.ndarray]):
+def _video_batch(loaded: LoadedModel | LoadedCaptioner, features: list[np.ndarray]):
     dim = loaded.model.video_dim
-    arrays = [sample_frames(validate_features(f, f"input {i}", dim, "encode_video"), loaded.cfg.data.max_frames)
+    arrays = [sample_frames(validate_features(f, f"input {i}", dim, type(loaded.model).__name__), loaded.cfg.data.max_frames)
               for i, f in enumerate(features)]
     steps = max(len(a) for a in arrays)
     video = torch.zeros(len(arrays), steps, dim)
@@ -131,3 +152,31 @@ def search(loaded: LoadedModel, query: str | list[str], store, k: int = 10,
     top = sim.topk(min(k, sim.shape[1]), dim=1)
     return [[(index.video_ids[j], float(s)) for s, j in zip(row_s.tolist(), row_i.tolist())]
             for row_s, row_i in zip(top.values, top.indices)]
+
+
+@torch.no_grad()
+def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], transcript: str | list | None = None,
+            *, method: str | None = None, batch_size: int = 32, **settings) -> str | list[str]:
+    """Caption (T, D) feature arrays (one array -> one string; a list -> a list).
+
+    ``transcript``: the clip's speech (one string per array, or None) when the model reads one;
+    ``method`` greedy | beam | nucleus and ``settings`` (beam_size, max_len, ...) default to the
+    checkpoint's ``mvgpt`` config.
+    """
+    if not isinstance(loaded, LoadedCaptioner):
+        raise CheckpointError(f"caption needs an MV-GPT checkpoint; {loaded.checkpoint} holds a TACo model")
+    single = isinstance(features, np.ndarray) and features.ndim == 2
+    features = [features] if single else list(features)
+    if not features:
+        return []
+    transcripts = [transcript] * len(features) if transcript is None or isinstance(transcript, str) else list(transcript)
+    if len(transcripts) != len(features):
+        raise DataError(f"{len(transcripts)} transcripts for {len(features)} feature arrays")
+    tok, out = loaded.tokenizer, []
+    for a in range(0, len(features), batch_size):
+        video, mask = _video_batch(loaded, features[a:a + batch_size])
+        enc = tok([(t or "").strip() for t in transcripts[a:a + batch_size]], truncation=True,
+                  max_length=loaded.cfg.data.max_words, padding=True, return_tensors="pt")
+        ids = loaded.model.generate(video, mask, enc["input_ids"], enc["attention_mask"], method=method, **settings)
+        out += [tok.decode(seq, skip_special_tokens=True).strip() for seq in ids]
+    return out[0] if single else out

@@ -21,7 +21,7 @@ def cmd_train(args) -> None:
     if not is_main():  # under torchrun the first process reports
         return
     best = summary["best"]
-    print(f"done: {summary['steps']} steps; best {cfg.eval.metric} {best['metric']:.2f} at step {best['step']}"
+    print(f"done: {summary['steps']} steps; best {cfg.eval.metric} {best['metric']:.4g} at step {best['step']}"
           if best["step"] else f"done: {summary['steps']} steps (no validation split)")
     print(f"checkpoints and logs: {cfg.train.out_dir}")
 
@@ -34,7 +34,7 @@ def cmd_evaluate(args) -> None:
     from vidlang.metrics import retrieval_metrics
     from vidlang.report import format_table, write_result_json
 
-    loaded = load_model(args.checkpoint)
+    loaded = load_model(args.checkpoint, kind="taco")
     data = Path(args.data)
     store = open_store(args.features or data, allow_pickle=args.allow_pickle)
     clips = read_annotations(args.annotations or data / "annotations.json")
@@ -62,6 +62,49 @@ def cmd_evaluate(args) -> None:
         print(f"written to {out}")
 
 
+def cmd_caption(args) -> None:
+    import numpy as np
+
+    from vidlang.api import caption, load_model
+    from vidlang.captioning import caption_folder, decoding_name
+    from vidlang.errors import ConfigError
+    from vidlang.io import atomic_write_text
+    from vidlang.report import format_table, write_result_json
+
+    loaded = load_model(args.checkpoint, args.which, kind="mvgpt")
+    settings = {k: v for k, v in (("beam_size", args.beam_size), ("max_len", args.max_len)) if v is not None}
+    if args.method and args.method != "beam":
+        settings.pop("beam_size", None)
+    stamp = decoding_name(loaded.cfg, args.method, **settings)
+    if not args.data:
+        if not (args.features and args.features.endswith(".npy")):
+            raise ConfigError("give --data DIR (caption and score a folder) or --features FILE.npy (caption one input)")
+        text = caption(loaded, np.load(args.features, allow_pickle=False), args.transcript, method=args.method, **settings)
+        print(json.dumps({"features": args.features, "caption": text, "decoding": stamp}) if args.json else text)
+        return
+    data = Path(args.data)
+    metrics, preds, refs, dataset = caption_folder(
+        loaded, data, split=args.split, annotations=args.annotations, features=args.features,
+        transcripts=args.transcripts, skip_bad=args.skip_bad, meteor=not args.no_meteor, method=args.method, **settings)
+    split = f"{data.name}:{Path(args.split).name if args.split else 'all'}"
+    out = Path(args.out) if args.out else loaded.checkpoint / "results" / f"{data.name}-{Path(args.split).stem if args.split else 'all'}-{stamp}.json"
+    captions_file = out.with_suffix(".captions.jsonl")
+    atomic_write_text(captions_file, "".join(json.dumps({"id": k, "caption": preds[k], "references": refs[k]}) + "\n"
+                                             for k in preds))
+    extra = {"checkpoint": str(loaded.checkpoint), "data": str(data), "videos": len(preds), "captions_file": str(captions_file),
+             "skipped": dict(dataset.skipped), "text_counts": dict(dataset.counts), "meteor": not args.no_meteor}
+    write_result_json(out, metrics, split=split, scoring=stamp, config=loaded.cfg.to_dict(), extra=extra)
+    if args.json:
+        print(json.dumps({"split": split, "decoding": stamp, "metrics": metrics, "result_file": str(out),
+                          "captions_file": str(captions_file)}, indent=2))
+    else:
+        print(f"split {split}  decoding {stamp}  ({len(preds)} videos, {sum(map(len, refs.values()))} references)")
+        print(format_table({"MV-GPT": metrics}, list(metrics), digits=3))
+        for key in list(preds)[:3]:
+            print(f"  {key}: {preds[key]!r}   (e.g. reference {refs[key][0]!r})")
+        print(f"written to {out} and {captions_file}")
+
+
 def cmd_demo(args) -> None:
     from vidlang.demo import run_demo
 
@@ -73,7 +116,7 @@ def cmd_index(args) -> None:
     from vidlang.data.features import open_store
     from vidlang.index import FaissSettings, build_index, read_clips
 
-    loaded = load_model(args.checkpoint, args.which)
+    loaded = load_model(args.checkpoint, args.which, kind="taco")
     store = open_store(args.features, fps=args.fps, allow_pickle=args.allow_pickle)
     settings = FaissSettings(args.faiss, args.exact_threshold, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
     index = build_index(loaded, store, args.out, clips=read_clips(args.clips) if args.clips else None,
@@ -132,7 +175,7 @@ def cmd_extract(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidlang", description="Video-language learning: TACo retrieval.")
+    parser = argparse.ArgumentParser(prog="vidlang", description="Video-language learning: TACo retrieval and MV-GPT captioning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("extract", help="decode videos and write a frame-feature store that training reads")
@@ -172,6 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad videos instead of failing")
     p.add_argument("--allow-pickle", action="store_true", help="allow a pickle feature store (runs code!)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("caption", help="caption videos with an MV-GPT checkpoint: a data folder (scored) or one .npy")
+    p.add_argument("checkpoint", help="an MV-GPT checkpoint folder or run folder")
+    p.add_argument("--data", help="folder laid out like msrvtt-ae128-dev: caption every video, score against all references")
+    p.add_argument("--features", help="with --data: the feature store (default DATA); alone: one (T, D) .npy to caption")
+    p.add_argument("--split", help="id list file: caption only these videos (default: every video)")
+    p.add_argument("--annotations", help="annotation file (default: DATA/annotations.json)")
+    p.add_argument("--transcripts", help="timed transcripts (HowTo100M json / jsonl) read beside the frames")
+    p.add_argument("--transcript", help="with a .npy: the clip's speech, if the model reads one")
+    p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint of a run folder")
+    p.add_argument("--method", choices=["greedy", "beam", "nucleus"], help="decoding (default: the checkpoint's config)")
+    p.add_argument("--beam-size", type=int)
+    p.add_argument("--max-len", type=int, help="most generated tokens")
+    p.add_argument("--no-meteor", action="store_true", help="leave METEOR out (no Java METEOR run); says so in the result")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--out", help="result JSON path (captions go beside it as .captions.jsonl)")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad videos instead of failing")
+    p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("demo", help="generate a procedural video world, train TACo on it, show retrieval")
     p.add_argument("--out", default="runs/demo", help="where the world and the run go")

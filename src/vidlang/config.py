@@ -22,6 +22,7 @@ class DataConfig:
     root: str = ""  # folder laid out like msrvtt-ae128-dev (features.npy + video_ids.txt + annotations.json)
     features: str = ""  # feature store; default: root
     annotations: str = ""  # annotation file; default: root/annotations.json
+    transcripts: str = ""  # MV-GPT: timed utterances (HowTo100M json, YouCook2/ActivityNet json, .jsonl)
     train_split: str = ""  # id list file, or "" for the annotations' own "train" split
     val_split: str = ""  # id list file, or "" for the annotations' own "validate" split
     feature_fps: float | None = None  # features per second, to cut segments
@@ -67,6 +68,7 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/taco"
+    init_from: str = ""  # start from these weights (a checkpoint or run folder, e.g. pretraining); not a resume
     steps: int = 30000
     batch_size: int = 128
     lr: float = 1e-4
@@ -108,6 +110,7 @@ class MVGPTConfig:
     vivit_temporal_layers: int = 1  # ViViT temporal transformer depth (ViViT-B: 4)
     decoder_layers: int = 2  # caption decoder depth (GPT-2 small: 12)
     decoder_heads: int = 8  # caption decoder attention heads; must divide the width
+    min_utterance_words: int = 10  # pretraining: utterances merged until the present one has this many words
     max_target_len: int = 32  # longest decoder text in tokens, [CLS]/[BOS] and [SEP] included (§2.6)
     objective: str = "pretrain"  # pretrain (= fg+bg+mlm_d) | '+'-joined subset of fg, bg, mlm_d, mlm_e | caption
     fg_weight: float = 1.0  # forward generation L_FG (§2.3: 1:1:1)

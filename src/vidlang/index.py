@@ -2,7 +2,8 @@
 
     INDEX/
       index.json        format, checkpoint (path, sha256 of its weights, step, git commit, config
-                        sha256), store manifest (path, fps, extractor meta.json), FAISS settings
+                        sha256), store manifest (path, fps, extractor meta.json), the store's extractor
+                        record (every video's, or None), FAISS settings
       video_ids.txt     one video id per clip (a video may hold several clips)
       segments.npy      (N, 2) float64 clip start/end in seconds; NaN = start/end of the video
       frames.npy        (N, T) int32 source feature index of each encoded frame; -1 on padding
@@ -216,6 +217,20 @@ def _store_manifest(store: Any) -> dict:
     return json.loads(json.dumps(manifest, default=str))  # JSON-safe
 
 
+def store_extractor(store: Any, meta: dict) -> dict | None:
+    """The extractor record shared by every video of the store (open_store refuses a mixed store), or None."""
+    if isinstance(meta.get("extractor"), dict):
+        return meta["extractor"]
+    path, ids = getattr(store, "path", None), getattr(store, "ids", [])
+    if path is None or not ids:
+        return None
+    try:
+        rec = json.loads((Path(path) / f"{ids[0]}.meta.json").read_bytes().decode("utf-8")).get("extractor")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 @torch.no_grad()
 def build_index(
     loaded: LoadedModel,
@@ -297,7 +312,8 @@ def build_index(
         meta = {
             "format": FORMAT, "num_clips": row, "max_frames": max_frames, "width": loaded.model.width,
             "token_dtype": token_dtype, "normalize": bool(loaded.model.cfg.normalize), "fps": fps,
-            "checkpoint": checkpoint_identity(loaded), "store": _store_manifest(store),
+            "checkpoint": checkpoint_identity(loaded), "store": (manifest := _store_manifest(store)),
+            "extractor": store_extractor(store, manifest["meta"]),  # what `vidlang serve` runs on uploads
             "faiss": {**settings.__dict__, "built": None if index is None else type(index).__name__},
             "skipped": skipped,
         }
@@ -390,7 +406,7 @@ def load_index(path: str | Path, model: LoadedModel | str | Path | None = None, 
         if not recorded or not Path(recorded).exists():
             raise CheckpointError(f"index {path} was built with checkpoint {recorded}, which is gone: give the checkpoint")
         model = recorded
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, which)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, which, kind="taco")
     _check_checkpoint(meta, loaded, path)
     arrays = {}
     for k in _ARRAYS:

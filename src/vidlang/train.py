@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import math
 import os
 import time
 from collections import Counter
@@ -56,9 +55,10 @@ class Experiment:
     cfg: Config
     train_set: VideoTextDataset
     val_set: VideoTextDataset | None
-    weighter: TokenWeighter
-    model: TACo
+    weighter: TokenWeighter | None  # TACo's token weights (None for MV-GPT)
+    model: torch.nn.Module
     manifest: dict
+    collate: Callable = collate  # items -> batch
 
 
 def build_experiment(cfg: Config) -> Experiment:
@@ -113,8 +113,8 @@ class BatchStream:
     """
 
     def __init__(self, dataset: VideoTextDataset, batch_size: int, seed: int, num_workers: int = 0,
-                 rank: int = 0, world: int = 1):
-        self.dataset = dataset
+                 rank: int = 0, world: int = 1, collate_fn: Callable = collate):
+        self.dataset, self.collate_fn = dataset, collate_fn
         self.sampler = UniqueVideoBatchSampler(dataset, batch_size, drop_last=len(dataset.videos) > batch_size, seed=seed)
         self.num_workers, self.rank, self.world = num_workers, rank, world
         self.epoch, self.index = 0, 0
@@ -132,7 +132,7 @@ class BatchStream:
         if self.world > 1:
             batches = [b[slice(*distributed.shard_bounds(len(b), self.world, self.rank))] for b in batches]
         loader = DataLoader(  # its own generator: creating an iterator must not draw from the global RNG
-            self.dataset, batch_sampler=batches, collate_fn=collate, num_workers=self.num_workers,
+            self.dataset, batch_sampler=batches, collate_fn=self.collate_fn, num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.epoch),
         )
         self._iter = iter(loader)
@@ -153,14 +153,19 @@ class BatchStream:
 # ----------------------------------------------------------------------------- the model-specific part
 @dataclass(frozen=True)
 class LossStep:
-    """What the loop needs of a model kind: its checkpoint name, the forward that returns the loss
-    dict (``objective`` to backward, ``loss`` and the ``log_keys`` to report) and whether some
-    trainable parameters may get no gradient (DDP must then look for them)."""
+    """What the loop needs of a model kind: its checkpoint name, how to build its experiment, the
+    forward that returns the loss dict (``objective`` to backward, ``loss`` and the ``log_keys`` to
+    report), its validation (metrics dict; ``show_keys`` printed), a hook run before each step, and
+    whether some trainable parameters may get no gradient (DDP must then look for them)."""
 
     name: str
     forward: Callable[..., dict]  # (model, batch, cfg, generator, shard) -> dict
     log_keys: tuple[str, ...]
     unused_parameters: Callable[[Config], bool]
+    build: Callable[[Config], Experiment]
+    evaluate: Callable[..., dict]  # (model, val_set, cfg, device, distributed) -> metrics
+    show_keys: Callable[[Config], tuple[str, ...]]
+    before_step: Callable[[torch.nn.Module, int], None] = lambda model, step: None
 
 
 TACO_STEP = LossStep(
@@ -168,7 +173,32 @@ TACO_STEP = LossStep(
     forward=lambda model, batch, cfg, generator, shard: model(batch, cfg.loss, generator, shard=shard),
     log_keys=("loss", "l1", "l2", "l3"),
     unused_parameters=lambda cfg: not cfg.loss.fusion_weight,  # the fusion encoder is then unused
+    build=build_experiment,
+    evaluate=lambda model, data, cfg, device, distributed: evaluate_retrieval(model, data, cfg.eval, device=device,
+                                                                             distributed=distributed),
+    show_keys=lambda cfg: ("t2v_R@1", "t2v_R@5", "v2t_R@1"),
 )
+
+
+def step_for(cfg: Config) -> LossStep:
+    """The LossStep of ``model.name``."""
+    if cfg.model.name == "taco":
+        return TACO_STEP
+    if cfg.model.name == "mvgpt":
+        from vidlang.captioning import MVGPT_STEP
+
+        return MVGPT_STEP
+    raise ConfigError(f"model.name must be 'taco' or 'mvgpt', not {cfg.model.name!r}")
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith("loss")
+
+
+def improved(value: float, best: dict, metric: str) -> bool:
+    if best["step"] is None:
+        return True
+    return value < best["metric"] if lower_is_better(metric) else value > best["metric"]
 
 
 def backward_step(loss_fn: Callable[[object], dict], batches: Iterable, accum: int, ddp=None, autocast=None,
@@ -230,7 +260,7 @@ def _rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank  # each rank its own dropout stream; rank 0 keeps the one-process stream
 
 
-def train(cfg: Config, experiment: Experiment | None = None, progress: bool = True, step_fn: LossStep = TACO_STEP) -> dict:
+def train(cfg: Config, experiment: Experiment | None = None, progress: bool = True, step_fn: LossStep | None = None) -> dict:
     """Train (or resume) ``cfg``. Under torchrun every rank calls this; ``train.batch_size`` is the
     global batch, split over the ranks (docs/distributed.md)."""
     t_cfg = cfg.train
@@ -238,12 +268,13 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     accum = t_cfg.grad_accum_steps
     if accum < 1:
         raise ConfigError(f"train.grad_accum_steps must be >= 1, got {accum}")
+    step_fn = step_fn or step_for(cfg)
     multi = distributed.init_from_env(t_cfg.dist_backend, pick_device(t_cfg.device))
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     torch.manual_seed(t_cfg.seed)
     if t_cfg.threads:
         torch.set_num_threads(t_cfg.threads)
-    exp = experiment or build_experiment(cfg)
+    exp = experiment or step_fn.build(cfg)
     if multi and min(t_cfg.batch_size, len(exp.train_set.videos)) < world:
         raise ConfigError(f"train.batch_size={t_cfg.batch_size} and {len(exp.train_set.videos)} training videos "
                           f"must each be at least the number of processes ({world})")
@@ -254,9 +285,9 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     optimizer = make_optimizer(model, t_cfg)
     schedule = warmup_linear(t_cfg.warmup_steps, t_cfg.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    stream = BatchStream(exp.train_set, t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers, rank, world)
+    stream = BatchStream(exp.train_set, t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers, rank, world, exp.collate)
     negatives_rng = torch.Generator().manual_seed(t_cfg.seed + 1)  # the same on every rank
-    step, best, history, counts = 0, {"metric": -math.inf, "step": None}, [], Counter()
+    step, best, history, counts = 0, {"metric": None, "step": None}, [], Counter()
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
     resume_from = ckpt.latest_checkpoint(out_dir)
@@ -283,6 +314,12 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
         if main:
             print(f"resuming from {resume_from} at step {step}"
                   + (f" (saved by {len(ranks_rng)} processes, now {world})" if len(ranks_rng) != world else ""))
+    elif t_cfg.init_from:
+        source = ckpt.find_checkpoint(t_cfg.init_from)
+        ckpt.read_meta(source, expect_model=step_fn.name)
+        ckpt.load_weights(model, source)
+        if main:
+            print(f"starting from the weights of {source}")
     if t_cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
     runner = model
@@ -304,8 +341,9 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
         "model": step_fn.name,
         "video_dim": model.video_dim,
         "git_commit": git_commit(),
+        "init_from": str(t_cfg.init_from) if t_cfg.init_from else None,
         "data_manifest": exp.manifest,
-        "token_weighter": exp.weighter.state_dict(),
+        **({"token_weighter": exp.weighter.state_dict()} if exp.weighter is not None else {}),
     }
 
     def save() -> Path | None:
@@ -335,6 +373,7 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t_cfg.bf16)
     tic, clips_seen = time.perf_counter(), 0
     while step < t_cfg.steps:
+        step_fn.before_step(model, step)
         model.train()
         optimizer.zero_grad(set_to_none=True)
         batches = (next(stream).to(device) for _ in range(accum))
@@ -361,15 +400,18 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
             writer.add_scalar("train/clips_per_s", rate, step)
         evaluate_now = exp.val_set is not None and t_cfg.eval_every and (step % t_cfg.eval_every == 0 or step == t_cfg.steps)
         if evaluate_now:  # every rank scores its share; all get the same metrics
-            metrics = evaluate_retrieval(model, exp.val_set, cfg.eval, device=device, distributed=multi)
+            metrics = step_fn.evaluate(model, exp.val_set, cfg, device, multi)
+            if cfg.eval.metric not in metrics:
+                raise ConfigError(f"eval.metric={cfg.eval.metric!r} is not a validation metric of {step_fn.name} "
+                                  f"(it reports {sorted(metrics)})")
             history.append({"step": step, **metrics})
             if writer is not None:
                 for key, value in metrics.items():
                     writer.add_scalar(f"val/{key}", value, step)
             if main:
-                bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.2f}" for k in ("t2v_R@1", "t2v_R@5", "v2t_R@1")))
+                bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.3g}" for k in step_fn.show_keys(cfg) if k in metrics))
         if evaluate_now or step % t_cfg.save_every == 0 or step == t_cfg.steps:
-            if evaluate_now and metrics[cfg.eval.metric] > best["metric"]:
+            if evaluate_now and improved(metrics[cfg.eval.metric], best, cfg.eval.metric):
                 best = {"metric": metrics[cfg.eval.metric], "step": step, "metrics": metrics}
                 saved = save()
                 if main:
@@ -380,7 +422,7 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     if writer is not None:
         writer.close()
     summary = {"steps": step, "best": best, "history": history, "counts": dict(counts),
-               "weighter_stats": dict(exp.weighter.stats)}
+               "weighter_stats": dict(exp.weighter.stats) if exp.weighter is not None else {}}
     if main:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
     distributed.barrier()  # the last checkpoint is complete before any rank goes on (e.g. to resume)

@@ -122,13 +122,16 @@ class CaptionDecoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None, memory: Encoded, cache: DecoderCache | None = None,
                 start_pos: int | None = None, *, inputs_embeds: torch.Tensor | None = None, causal: bool = True,
-                padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, DecoderCache]:
+                padding_mask: torch.Tensor | None = None, only: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, DecoderCache]:
         """Logits (B, n, V) of the n new tokens, and the cache extended by them.
 
         ``start_pos`` is the position of the first new token (default: the cache's length).
         ``inputs_embeds`` (B, n, width) replace the word embeddings (MLM-D reads the encoder's text
         outputs). ``causal=False`` lets every token see every other (MLM-D); ``padding_mask`` (B, n)
         true on real tokens hides padding from self-attention (needed only when not causal).
+        ``only`` (B, n) bool: logits of those positions alone, flattened to (P, V) (training: the
+        vocabulary projection dominates the cost, and padded or unmasked positions need none).
         """
         cache = cache if cache is not None else self.start_cache(memory)
         past = cache.length
@@ -156,5 +159,6 @@ class CaptionDecoder(nn.Module):
             past_kv = cache.self_kv[i] if cache.self_kv else None
             x, kv = layer(x, past_kv, self_mask, cache.cross_kv[i], cross_mask)
             new_kv.append(kv)
-        logits = self.lm_logits(self.ln_final(x))
+        hidden = self.ln_final(x)
+        logits = self.lm_logits(hidden if only is None else hidden[only.bool()])
         return logits, DecoderCache(new_kv, cache.cross_kv, cache.memory_mask)

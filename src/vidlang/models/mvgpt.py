@@ -168,8 +168,8 @@ class MVGPT(nn.Module):
                 ids[:, 1] = self.ids["sep"]
             memory = self.encode(None, None, ids, mask, visual=visual)
             dec_in, labels, label_mask = self._teacher(batch.target_ids, batch.target_mask, "bos1")
-            logits, _ = self.decoder(dec_in, memory)
-            loss = losses.caption_loss(logits, labels, label_mask)
+            logits, _ = self.decoder(dec_in, memory, only=label_mask)
+            loss = losses.caption_loss(logits, labels[label_mask.bool()], torch.ones_like(logits[:, 0]))
             return {"caption": loss, "loss": loss, "objective": loss}
 
         # pretraining: FG reads (F, U) and writes W; BG reads (F, W) and writes U
@@ -200,20 +200,24 @@ class MVGPT(nn.Module):
             dec_in = torch.cat([_pad(t[0], dec_len) for t in teach])
             labels = torch.cat([_pad(t[1], dec_len) for t in teach])
             label_mask = torch.cat([_pad(t[2], dec_len) for t in teach])
-            logits, _ = self.decoder(dec_in, memory)
+            real = label_mask.bool()
+            logits, _ = self.decoder(dec_in, memory, only=real)  # (real target tokens, V)
+            row_of = torch.arange(len(real), device=real.device)[:, None].expand_as(real)[real]
             b = len(batch)
             for i, (name, weight) in enumerate(self._generation_parts()):
-                rows = slice(i * b, (i + 1) * b)
-                out[name] = losses.caption_loss(logits[rows], labels[rows], label_mask[rows])  # L_FG / L_BG
+                rows = (row_of >= i * b) & (row_of < (i + 1) * b)
+                out[name] = losses.caption_loss(logits[rows], labels[real][rows], rows[rows].float())  # L_FG / L_BG
                 total = total + weight * out[name]
         if mlm:
             text_out = memory.tokens[:, :text_len]
+            chosen = mlm_labels != losses.IGNORE  # logits of the masked positions only
             if "mlm_d" in self.parts:  # the decoder, non-causal, over the encoder's text outputs
-                mlm_logits, _ = self.decoder(None, memory, inputs_embeds=text_out, causal=False, padding_mask=text_mask)
+                mlm_logits, _ = self.decoder(None, memory, inputs_embeds=text_out, causal=False, padding_mask=text_mask,
+                                             only=chosen)
             else:
-                mlm_logits = self.decoder.lm_logits(self.mlm_e_head(text_out))
+                mlm_logits = self.decoder.lm_logits(self.mlm_e_head(text_out)[chosen])
             name = "mlm_d" if "mlm_d" in self.parts else "mlm_e"
-            out[name] = losses.masked_lm_loss(mlm_logits, mlm_labels)
+            out[name] = losses.masked_lm_loss(mlm_logits, mlm_labels[chosen])
             out["mlm_tokens"] = int((mlm_labels != losses.IGNORE).sum())
             total = total + g.mlm_weight * out[name]
         out["loss"] = out["objective"] = total
