@@ -19,7 +19,7 @@ import numpy as np
 from vidlang.config import load_config
 from vidlang.evaluate import similarity
 from vidlang.metrics import retrieval_metrics
-from vidlang.report import format_mean_std, mean_std, write_result_json
+from vidlang.report import format_mean_std, mean_std, provenance, write_result_json
 from vidlang.train import build_experiment, train
 
 RECIPE = "configs/taco/msrvtt-ae128.yaml"
@@ -47,7 +47,7 @@ def run_one(name: str, seed: int, data: str, extra: list[str]) -> None:
     scoring = next((o.split("=", 1)[1] for o in extra if o.startswith("eval.scoring=")), scoring)
     cfg = load_config(RECIPE, [f"data.root={data}", f"train.seed={seed}", f"train.out_dir={out}",
                                "train.eval_every=0", f"eval.scoring={scoring}", *overrides, *extra])
-    tic = time.perf_counter()
+    tic, code = time.perf_counter(), provenance()  # the commit this run loads, not the one at write time
     exp = build_experiment(cfg)
     summary = train(cfg, exp, progress=False)
     train_s = time.perf_counter() - tic
@@ -57,7 +57,7 @@ def run_one(name: str, seed: int, data: str, extra: list[str]) -> None:
     write_result_json(OUT / f"{slug(name)}-seed{seed}.json", metrics, split="msrvtt-ae128-dev video700-799",
                       scoring=scoring, config=cfg.to_dict(),
                       extra={"name": name, "seed": seed, "overrides": extra, "train_seconds": train_s, "wall_seconds": wall,
-                             "counts": summary["counts"]})
+                             "counts": summary["counts"]}, provenance=code)
     print(f"{name} seed {seed}: t2v R@1 {metrics['t2v_R@1']:.1f} v2t R@1 {metrics['v2t_R@1']:.1f} ({wall:.0f}s)", flush=True)
 
 

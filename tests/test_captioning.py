@@ -156,6 +156,17 @@ def test_cli_caption_scores_a_folder_and_writes_captions(world, captioner, tmp_p
     assert all(len(x["references"]) == 3 and isinstance(x["caption"], str) for x in lines)
 
 
+def test_training_vocabulary_is_kept_with_the_checkpoint(world, tmp_path):
+    out = tmp_path / "vocab"
+    train(caption_cfg(world, out, "train.steps=2", "train.eval_every=2", "mvgpt.output_vocab=train"), progress=False)
+    loaded = api.load_model(out)
+    vocab = set(loaded.meta["output_vocab"])
+    assert loaded.model.decoder.vocab_mask.sum() == len(vocab) < 1000  # the world's words, not BERT's 30k
+    caps = api.caption(loaded, list(np.load(world.features / "features.npy")[:3, :8]))
+    ids = [i for c in caps for i in loaded.tokenizer(c, add_special_tokens=False)["input_ids"]]
+    assert set(ids) <= vocab
+
+
 def test_cli_caption_one_npy(world, captioner, tmp_path, capsys):
     npy = tmp_path / "clip.npy"
     np.save(npy, np.load(world.features / "features.npy")[0, :8])

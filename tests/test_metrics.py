@@ -248,6 +248,13 @@ def test_write_result_json(tmp_path):
     assert json.loads(path.read_text())["metrics"]["num_texts"] == 2000
 
 
+def test_result_is_stamped_with_the_provenance_taken_at_run_start(tmp_path):
+    started = {"git_commit": "a" * 40, "git_dirty": False}  # the checkout moved on during the run
+    write_result_json(tmp_path / "r.json", {"x": 1.0}, split="val", scoring="s1", provenance=started)
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["git_commit"] == "a" * 40 and doc["git_dirty"] is False
+
+
 def test_git_commit_shape():
     c = git_commit()
     assert c is None or re.fullmatch(r"[0-9a-f]{40}", c)

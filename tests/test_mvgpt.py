@@ -71,6 +71,32 @@ def test_logits_of_chosen_positions_equal_the_full_logits(model):
     assert torch.allclose(only, full[chosen], atol=1e-5)
 
 
+def test_output_vocabulary_restricts_training_and_decoding():
+    torch.manual_seed(0)
+    m = MVGPT(tiny_cfg("mvgpt.objective=caption"), video_dim=8).eval()
+    b = make_batch()
+    vocab = sorted(set(b.target_ids[b.target_mask.bool()].tolist()) | {2000, 2001})
+    m.decoder.set_output_vocab(vocab)
+    # the loss, by a plain loop: softmax over the vocabulary's columns of the full logits
+    memory = m.encode(None, None, b.transcript_ids, b.transcript_mask, visual=m.encode_visual(b.video, b.video_mask))
+    dec_in, labels, label_mask = m._teacher(b.target_ids, b.target_mask, "bos1")
+    m.decoder.set_output_vocab(None)
+    full, _ = m.decoder(dec_in, memory)
+    m.decoder.set_output_vocab(vocab)
+    terms = []
+    for i in range(len(labels)):
+        for t in range(labels.shape[1]):
+            if label_mask[i, t]:
+                logp = torch.log_softmax(full[i, t, vocab], -1)
+                terms.append(-logp[vocab.index(int(labels[i, t]))])
+    assert m(b)["caption"].item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    for method in ("greedy", "beam"):
+        seqs = m.generate(b.video, b.video_mask, b.transcript_ids, b.transcript_mask, method=method)
+        assert all(tok in vocab for seq in seqs for tok in seq)
+    with pytest.raises(ConfigError, match="output vocabulary"):
+        m.decoder.set_output_vocab([m.decoder.vocab_size])
+
+
 def test_loss_weights(model):
     batch, weights = make_batch(), dict(fg_weight=2.0, bg_weight=0.5, mlm_weight=3.0)
     out = use(model, "pretrain", **weights)(batch, torch.Generator().manual_seed(1))

@@ -65,6 +65,7 @@ def load_model(path: str | Path, which: str = "best", kind: str | None = None) -
     if meta["model"] == "mvgpt":
         captioner = MVGPT(cfg, int(meta["video_dim"]), load_text_weights=False)
         ckpt.load_weights(captioner, folder)
+        captioner.decoder.set_output_vocab(meta.get("output_vocab"))
         captioner.eval()
         return LoadedCaptioner(captioner, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta)
     model = TACo(cfg.model, int(meta["video_dim"]), load_text_weights=False)

@@ -83,7 +83,12 @@ def build_caption_experiment(cfg: Config) -> Experiment:
     manifest = source.manifest(train=train_set.clips, validation=val_set.clips if val_set else [])
     manifest["skipped_by_dataset"] = {"train": dict(train_set.skipped), "validation": dict(val_set.skipped) if val_set else {}}
     manifest["text_counts"] = {"train": dict(train_set.counts), "validation": dict(val_set.counts) if val_set else {}}
-    return Experiment(cfg, train_set, val_set, None, model, manifest, collate=collate_captions)
+    meta = {}
+    if cfg.mvgpt.output_vocab == "train":  # every WordPiece the training texts hold, plus the end token
+        vocab = sorted({i for ids in train_set.targets + train_set.transcripts for i in ids} | {model.ids["sep"]})
+        model.decoder.set_output_vocab(vocab)
+        meta["output_vocab"] = vocab
+    return Experiment(cfg, train_set, val_set, None, model, manifest, collate=collate_captions, meta=meta)
 
 
 # ----------------------------------------------------------------------------- captioning

@@ -111,6 +111,7 @@ class MVGPTConfig:
     decoder_layers: int = 2  # caption decoder depth (GPT-2 small: 12)
     decoder_heads: int = 8  # caption decoder attention heads; must divide the width
     min_utterance_words: int = 10  # pretraining: utterances merged until the present one has this many words
+    output_vocab: str = "full"  # full: every WordPiece (paper) | train: the WordPieces of the training texts (CPU speed)
     max_target_len: int = 32  # longest decoder text in tokens, [CLS]/[BOS] and [SEP] included (§2.6)
     objective: str = "pretrain"  # pretrain (= fg+bg+mlm_d) | '+'-joined subset of fg, bg, mlm_d, mlm_e | caption
     fg_weight: float = 1.0  # forward generation L_FG (§2.3: 1:1:1)

@@ -149,6 +149,11 @@ def vidlang_version() -> str:
         return "0+unknown"
 
 
+def provenance() -> dict[str, Any]:
+    """The code a run is about to use: git commit and whether the checkout is dirty."""
+    return {"git_commit": git_commit(), "git_dirty": git_dirty()}
+
+
 def _jsonable(obj: Any) -> Any:
     """``json.dumps`` default: numpy/torch scalars and arrays, paths, dataclasses, sets."""
     if isinstance(obj, np.generic):
@@ -180,13 +185,16 @@ def write_result_json(
     scoring: str,
     config: Mapping[str, Any] | Any | None = None,
     extra: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> None:
     """Atomically write ``metrics`` as JSON, stamped with provenance.
 
     Keys: ``metrics``, ``split``, ``scoring`` (e.g. "dual", "cascade"), ``config``
     (the resolved config: a mapping or a dataclass), ``extra``, ``vidlang_version``,
     ``git_commit`` (None outside a git checkout), ``git_dirty``, ``timestamp``
-    (UTC, ISO 8601). Non-finite metric values are refused with ValueError.
+    (UTC, ISO 8601). Non-finite metric values are refused with ValueError. ``provenance``
+    (from :func:`provenance`, taken when the run started) replaces the commit read now, so a
+    result names the code that produced it even if the checkout changed during the run.
     """
     _check_finite(metrics)
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
@@ -198,8 +206,7 @@ def write_result_json(
         "config": None if config is None else dict(config),
         "extra": None if extra is None else dict(extra),
         "vidlang_version": vidlang_version(),
-        "git_commit": git_commit(),
-        "git_dirty": git_dirty(),
+        **(dict(provenance) if provenance is not None else {"git_commit": git_commit(), "git_dirty": git_dirty()}),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     text = json.dumps(payload, indent=2, default=_jsonable, allow_nan=False)

@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,6 +59,7 @@ class Experiment:
     model: torch.nn.Module
     manifest: dict
     collate: Callable = collate  # items -> batch
+    meta: dict = field(default_factory=dict)  # more for every checkpoint's meta.json (e.g. MV-GPT's output vocabulary)
 
 
 def build_experiment(cfg: Config) -> Experiment:
@@ -344,6 +345,7 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
         "init_from": str(t_cfg.init_from) if t_cfg.init_from else None,
         "data_manifest": exp.manifest,
         **({"token_weighter": exp.weighter.state_dict()} if exp.weighter is not None else {}),
+        **exp.meta,
     }
 
     def save() -> Path | None:

@@ -107,14 +107,45 @@ class CaptionDecoder(nn.Module):
         self.layers = nn.ModuleList(_Layer(width, heads, dropout) for _ in range(layers))
         self.ln_final = nn.LayerNorm(width)
         nn.init.normal_(self.position.weight, std=0.02)
+        # An optional output vocabulary (set_output_vocab); not saved with the weights (the run's meta holds it).
+        self.register_buffer("vocab_ids", None, persistent=False)
+        self.register_buffer("vocab_lookup", None, persistent=False)
+        self.register_buffer("vocab_mask", None, persistent=False)
 
     @property
     def embedding(self) -> nn.Embedding:
         return self._borrowed[0] if hasattr(self, "_borrowed") else self.word_embeddings
 
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The output projection tied to the word embeddings: W_out(h) · Eᵀ + b."""
-        return F.linear(self.embed_out(hidden), self.embedding.weight, self.out_bias)
+    def set_output_vocab(self, ids: list[int] | None) -> None:
+        """Restrict the output distribution to the token ``ids`` (e.g. every WordPiece of the training
+        texts: ``mvgpt.output_vocab=train``); None restores the full vocabulary. Training then
+        projects onto these rows of E alone (its cost scales with the vocabulary) and decoding
+        can emit nothing else."""
+        if ids is None:
+            self.vocab_ids = self.vocab_lookup = self.vocab_mask = None
+            return
+        ids_t = torch.tensor(sorted(set(int(i) for i in ids)), dtype=torch.long)
+        if len(ids_t) == 0 or ids_t[0] < 0 or ids_t[-1] >= self.vocab_size:
+            raise ConfigError(f"an output vocabulary needs 1..{self.vocab_size} ids in [0, {self.vocab_size})")
+        device = self.out_bias.device
+        self.vocab_ids = ids_t.to(device)
+        self.vocab_lookup = torch.full((self.vocab_size,), -100, dtype=torch.long, device=device)
+        self.vocab_lookup[self.vocab_ids] = torch.arange(len(ids_t), device=device)
+        self.vocab_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
+        self.vocab_mask[self.vocab_ids] = True
+
+    def output_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """Token ids -> rows of :meth:`lm_logits` (``subset=True``); ids outside the vocabulary -> -100 (ignored)."""
+        return labels if self.vocab_lookup is None else self.vocab_lookup[labels]
+
+    def lm_logits(self, hidden: torch.Tensor, subset: bool = False) -> torch.Tensor:
+        """The output projection tied to the word embeddings: W_out(h) · Eᵀ + b. With an output
+        vocabulary: ``subset`` gives its columns only (training), else the full width with -inf
+        outside it (decoding)."""
+        if subset and self.vocab_ids is not None:
+            return F.linear(self.embed_out(hidden), self.embedding.weight[self.vocab_ids], self.out_bias[self.vocab_ids])
+        logits = F.linear(self.embed_out(hidden), self.embedding.weight, self.out_bias)
+        return logits if self.vocab_mask is None else logits.masked_fill(~self.vocab_mask, float("-inf"))
 
     def start_cache(self, memory: Encoded) -> DecoderCache:
         """An empty cache holding the memory's cross-attention keys/values (computed once)."""
@@ -130,8 +161,9 @@ class CaptionDecoder(nn.Module):
         ``inputs_embeds`` (B, n, width) replace the word embeddings (MLM-D reads the encoder's text
         outputs). ``causal=False`` lets every token see every other (MLM-D); ``padding_mask`` (B, n)
         true on real tokens hides padding from self-attention (needed only when not causal).
-        ``only`` (B, n) bool: logits of those positions alone, flattened to (P, V) (training: the
-        vocabulary projection dominates the cost, and padded or unmasked positions need none).
+        ``only`` (B, n) bool: logits of those positions alone, flattened to (P, V), over the output
+        vocabulary (training: the vocabulary projection dominates the cost, and padded or unmasked
+        positions need none); targets then go through :meth:`output_targets`.
         """
         cache = cache if cache is not None else self.start_cache(memory)
         past = cache.length
@@ -160,5 +192,5 @@ class CaptionDecoder(nn.Module):
             x, kv = layer(x, past_kv, self_mask, cache.cross_kv[i], cross_mask)
             new_kv.append(kv)
         hidden = self.ln_final(x)
-        logits = self.lm_logits(hidden if only is None else hidden[only.bool()])
+        logits = self.lm_logits(hidden) if only is None else self.lm_logits(hidden[only.bool()], subset=True)
         return logits, DecoderCache(new_kv, cache.cross_kv, cache.memory_mask)

@@ -64,6 +64,8 @@ class MVGPT(nn.Module):
         m, g = cfg.model, cfg.mvgpt
         self.cfg, self.video_dim = cfg, video_dim
         self.parts = parse_objective(g.objective)
+        if g.output_vocab not in ("full", "train"):
+            raise ConfigError(f"mvgpt.output_vocab must be 'full' or 'train', not {g.output_vocab!r}")
         if not 0.0 <= g.mask_prob <= 1.0:
             raise ConfigError(f"mvgpt.mask_prob must be in [0, 1], got {g.mask_prob}")
         decoding.check_settings(g.decode, g.max_decode_len, g.beam_size, g.top_p, g.temperature, g.no_repeat_ngram)
@@ -169,7 +171,8 @@ class MVGPT(nn.Module):
             memory = self.encode(None, None, ids, mask, visual=visual)
             dec_in, labels, label_mask = self._teacher(batch.target_ids, batch.target_mask, "bos1")
             logits, _ = self.decoder(dec_in, memory, only=label_mask)
-            loss = losses.caption_loss(logits, labels[label_mask.bool()], torch.ones_like(logits[:, 0]))
+            targets = self.decoder.output_targets(labels[label_mask.bool()])
+            loss = losses.caption_loss(logits, targets, targets != losses.IGNORE)
             return {"caption": loss, "loss": loss, "objective": loss}
 
         # pretraining: FG reads (F, U) and writes W; BG reads (F, W) and writes U
@@ -203,10 +206,11 @@ class MVGPT(nn.Module):
             real = label_mask.bool()
             logits, _ = self.decoder(dec_in, memory, only=real)  # (real target tokens, V)
             row_of = torch.arange(len(real), device=real.device)[:, None].expand_as(real)[real]
+            targets = self.decoder.output_targets(labels[real])
             b = len(batch)
             for i, (name, weight) in enumerate(self._generation_parts()):
                 rows = (row_of >= i * b) & (row_of < (i + 1) * b)
-                out[name] = losses.caption_loss(logits[rows], labels[real][rows], rows[rows].float())  # L_FG / L_BG
+                out[name] = losses.caption_loss(logits[rows], targets[rows], targets[rows] != losses.IGNORE)  # L_FG / L_BG
                 total = total + weight * out[name]
         if mlm:
             text_out = memory.tokens[:, :text_len]
@@ -215,9 +219,9 @@ class MVGPT(nn.Module):
                 mlm_logits, _ = self.decoder(None, memory, inputs_embeds=text_out, causal=False, padding_mask=text_mask,
                                              only=chosen)
             else:
-                mlm_logits = self.decoder.lm_logits(self.mlm_e_head(text_out)[chosen])
+                mlm_logits = self.decoder.lm_logits(self.mlm_e_head(text_out)[chosen], subset=True)
             name = "mlm_d" if "mlm_d" in self.parts else "mlm_e"
-            out[name] = losses.masked_lm_loss(mlm_logits, mlm_labels[chosen])
+            out[name] = losses.masked_lm_loss(mlm_logits, self.decoder.output_targets(mlm_labels[chosen]))
             out["mlm_tokens"] = int((mlm_labels != losses.IGNORE).sum())
             total = total + g.mlm_weight * out[name]
         out["loss"] = out["objective"] = total
