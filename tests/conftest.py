@@ -108,3 +108,25 @@ def trained_run(tmp_path_factory, data_dir) -> dict:
     out = tmp_path_factory.mktemp("runs") / "straight"
     summary = train(tiny_config(out, data_dir), progress=False)
     return {"out_dir": out, "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def serve_world(tmp_path_factory) -> dict:
+    """mp4 clips -> tiny-backbone features -> tiny TACo + MV-GPT -> an index (tests/helpers.py), ~20 s."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("av")
+    from helpers import build_serve_world
+
+    return build_serve_world(tmp_path_factory.mktemp("serve") / "world")
+
+
+@pytest.fixture(scope="session")
+def served(serve_world, tmp_path_factory) -> dict:
+    """``vidlang serve`` of the serve world on a loopback port (uploads limited to 0.1 MB)."""
+    from helpers import live_server
+    from vidlang.serve import create_app
+
+    app = create_app(serve_world["index"], serve_world["mvgpt"], serve_world["media"],
+                     cache_dir=tmp_path_factory.mktemp("strips"), max_upload_mb=0.1)
+    with live_server(app) as url:
+        yield {**serve_world, "url": url, "app": app}

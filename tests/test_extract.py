@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import level, make_video
 from vidlang.cli import main
 from vidlang.data.features import open_store
 from vidlang.errors import CheckpointError, ConfigError, DataError
@@ -20,23 +21,6 @@ from vidlang.extract.video import window_indices
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone 'tiny-untrained':UserWarning")
 CLIPS24 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msrvtt-clips-24"
-
-
-def level(i: int) -> int:
-    """Grey level of frame i in the synthetic videos: the frame index can be read back from pixels."""
-    return 20 + 4 * i
-
-
-def make_video(path: Path, n: int = 50, rate: int = 25, w: int = 64, h: int = 48, codec: str = "libx264",
-               frames: list[np.ndarray] | None = None) -> Path:
-    frames = frames or [np.full((h, w, 3), level(i), np.uint8) for i in range(n)]
-    with av.open(str(path), "w") as c:
-        s = c.add_stream(codec, rate=rate)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for f in frames:
-            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        c.mux(s.encode())
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,8 @@ def cmd_caption(args) -> None:
 def cmd_demo(args) -> None:
     from vidlang.demo import run_demo
 
-    run_demo(out_dir=Path(args.out), steps=args.steps, num_videos=args.videos, progress=not args.quiet)
+    run_demo(out_dir=Path(args.out), steps=args.steps, num_videos=args.videos, progress=not args.quiet,
+             captioner=not args.no_captioner, caption_steps=args.caption_steps, scenes=args.scenes)
 
 
 def cmd_index(args) -> None:
@@ -174,6 +175,14 @@ def cmd_extract(args) -> None:
         raise DataError(f"all {summary['videos']} videos failed; see {args.out}/extract_summary.json")
 
 
+def cmd_serve(args) -> None:
+    from vidlang.serve import serve
+
+    serve(args.index, args.checkpoint, args.captioner, args.media_root, args.host, args.port,
+          max_upload_mb=args.max_upload_mb, max_upload_seconds=args.max_upload_seconds, max_k=args.max_k,
+          extractor_weights=args.extractor_weights, cache_dir=args.cache_dir, device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidlang", description="Video-language learning: TACo retrieval and MV-GPT captioning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,10 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad videos instead of failing")
     p.set_defaults(func=cmd_caption)
 
-    p = sub.add_parser("demo", help="generate a procedural video world, train TACo on it, show retrieval")
+    p = sub.add_parser("demo", help="built-in worlds: train TACo (retrieval) and MV-GPT (captions) on the CPU and show both")
     p.add_argument("--out", default="runs/demo", help="where the world and the run go")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     p.add_argument("--videos", type=int, default=None, help="number of generated videos")
+    p.add_argument("--caption-steps", type=int, default=None, help="captioner training steps (default: its recipe's)")
+    p.add_argument("--scenes", type=int, default=160, help="narrated scenes (4 steps each) for the captioner")
+    p.add_argument("--no-captioner", action="store_true", help="retrieval only: skip the MV-GPT captioner")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -284,6 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query")
     p.add_argument("--top", type=int, default=3, help="clips in the heatmap")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("serve", help="HTTP search and captioning with a web page (FastAPI; loopback by default)")
+    p.add_argument("index", help="an index folder (vidlang index)")
+    p.add_argument("--checkpoint", help="the TACo checkpoint the index was built with (default: the one it records)")
+    p.add_argument("--captioner", help="an MV-GPT checkpoint or run folder, for /api/caption/*")
+    p.add_argument("--media-root", help="serve videos under this folder at /media/ (clip playback)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=50, help="largest uploaded video (413 above)")
+    p.add_argument("--max-upload-seconds", type=float, default=120, help="longest uploaded video")
+    p.add_argument("--max-k", type=int, default=100, help="most results one search may ask for")
+    p.add_argument("--extractor-weights", help="clip/resnet weights of the index's extractor (checked by sha256)")
+    p.add_argument("--cache-dir", help="frame-strip JPEG cache (default $VIDLANG_CACHE/serve)")
+    p.add_argument("--device", default="cpu", help="torch device of the upload extractor")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -17,8 +17,8 @@ from vidlang.metrics import retrieval_metrics
 from vidlang.report import format_table, write_result_json
 
 
-def demo_recipe() -> Path:
-    return Path(str(resources.files("vidlang") / "recipes" / "taco-demo.yaml"))
+def demo_recipe(name: str = "taco-demo.yaml") -> Path:
+    return Path(str(resources.files("vidlang") / "recipes" / name))
 
 
 def chance(num_videos: int, num_texts: int) -> dict[str, float]:
@@ -40,13 +40,15 @@ def _miss_all(n: int, good: int, k: int) -> float:
 
 
 def run_demo(out_dir: Path = Path("runs/demo"), steps: int | None = None, num_videos: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, captioner: bool = True, caption_steps: int | None = None,
+             scenes: int = 160) -> dict:
     from vidlang.api import load_model, search
     from vidlang.train import train
 
     tic = time.perf_counter()
     world_cfg = WorldConfig(seed=0, **({"num_videos": num_videos} if num_videos else {}))
-    print(f"1/4 generating {world_cfg.num_videos} procedural clips ({world_cfg.frames} frames of "
+    total = 6 if captioner else 4
+    print(f"1/{total} generating {world_cfg.num_videos} procedural clips ({world_cfg.frames} frames of "
           f"{world_cfg.size}x{world_cfg.size}) with captions ...")
     world = write_world(Path(out_dir) / "world", world_cfg)
     annotations = json.loads((world / "annotations.json").read_text())
@@ -57,10 +59,10 @@ def run_demo(out_dir: Path = Path("runs/demo"), steps: int | None = None, num_vi
     if steps:
         overrides += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.warmup_steps={max(1, steps // 10)}"]
     cfg = load_config(demo_recipe(), overrides)
-    print(f"2/4 training TACo (L1 + 0.5 L2 + L3, cascade negatives) for {cfg.train.steps} steps on the CPU ...")
+    print(f"2/{total} training TACo (L1 + 0.5 L2 + L3, cascade negatives) for {cfg.train.steps} steps on the CPU ...")
     train(cfg, progress=progress)
 
-    print("3/4 evaluating on the held-out clips (text->video and video->text) ...")
+    print(f"3/{total} evaluating on the held-out clips (text->video and video->text) ...")
     loaded = load_model(cfg.train.out_dir)
     from vidlang.data.sources import open_source
 
@@ -76,14 +78,47 @@ def run_demo(out_dir: Path = Path("runs/demo"), steps: int | None = None, num_vi
     write_result_json(Path(cfg.train.out_dir) / "demo-result.json", metrics, split="demo-world:validate",
                       scoring=loaded.cfg.eval.scoring, config=loaded.cfg.to_dict(), extra={"chance": rand})
 
-    print("4/4 text queries and their top clips (held-out clips; the clip's own first caption shown):")
+    print(f"4/{total} text queries and their top clips (held-out clips; the clip's own first caption shown):")
     val_ids = [c.video_id for c in val.clips]
     val_store = _Subset(source.store, list(dict.fromkeys(val_ids)))
     for query, hits in zip(attribute_query_examples(), search(loaded, attribute_query_examples(), val_store, k=3)):
         print(f"  {query!r}")
         for vid, score in hits:
             print(f"      {score:7.2f}  {vid}  {annotations[vid]['captions'][0]!r}")
+    if captioner:
+        metrics["captioning"] = run_caption_demo(Path(out_dir), caption_steps, progress, scenes)
     print(f"done in {time.perf_counter() - tic:.0f} s; run folder {out_dir}")
+    return metrics
+
+
+def run_caption_demo(out_dir: Path, steps: int | None, progress: bool, scenes: int = 160) -> dict:
+    """Steps 5-6: the narrated world, an MV-GPT captioner trained on it, captions beside references."""
+    from vidlang.api import load_model
+    from vidlang.captioning import caption_folder, decoding_name
+    from vidlang.data.narrated import NarratedConfig, write_narrated_world
+    from vidlang.train import train
+
+    world = write_narrated_world(out_dir / "narrated", NarratedConfig(num_scenes=scenes, seed=0))
+    overrides = [f"data.features={world.features}", f"data.annotations={world.captions}",
+                 f"data.transcripts={world.transcripts}", f"train.out_dir={out_dir / 'mvgpt'}"]
+    if steps:
+        overrides += [f"train.steps={steps}", f"train.save_every={steps}", f"train.warmup_steps={max(1, steps // 10)}"]
+    cfg = load_config(demo_recipe("mvgpt-demo.yaml"), overrides)
+    print(f"5/6 training an MV-GPT captioner (frames + the step's narration -> caption) for {cfg.train.steps} steps "
+          f"on {len(world.train_ids)} narrated scenes ...")
+    train(cfg, progress=progress)
+    loaded = load_model(cfg.train.out_dir)
+    metrics, preds, refs, dataset = caption_folder(
+        loaded, world.root, annotations=str(world.captions), features=str(world.features),
+        transcripts=str(world.transcripts), split=str(world.root / "val_ids.txt"), meteor=False)
+    print(f"6/6 captions of held-out steps ({len(preds)} clips of {len(world.val_ids)} unseen scenes, "
+          f"{decoding_name(loaded.cfg)}; BLEU-4 {metrics['BLEU-4']:.3f}, CIDEr {metrics['CIDEr']:.3f}, no METEOR):")
+    transcript = {k: c.transcript for k, c in zip(dataset.keys, dataset.clips)}
+    for key in list(preds)[:4]:
+        print(f"  {key}\n      narration: {transcript[key]!r}\n      caption:   {preds[key]!r}\n"
+              f"      reference: {refs[key][0]!r}")
+    write_result_json(Path(cfg.train.out_dir) / "demo-result.json", metrics, split="narrated-world:validate",
+                      scoring=decoding_name(loaded.cfg), config=loaded.cfg.to_dict(), extra={"meteor": False})
     return metrics
 
 

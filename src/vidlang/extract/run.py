@@ -33,7 +33,7 @@ from vidlang.extract.backbones import Backbone, load_backbone
 from vidlang.extract.video import Sampling, decode_video, list_videos, window_indices
 from vidlang.io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["extract_features", "format_summary", "SUMMARY_FILE"]
+__all__ = ["extract_features", "extractor_record", "format_summary", "SUMMARY_FILE"]
 
 SUMMARY_FILE = "extract_summary.json"
 UNTRAINED_WARNING = "features from an UNTRAINED backbone (fixed random weights): for tests and demos only"
@@ -90,6 +90,14 @@ def _embed(backbone: Backbone, frames: np.ndarray, sampling: Sampling, batch_siz
     if sampling.pool == "stack":
         return np.stack([feats[idx].reshape(-1) for idx in windows])
     return np.stack([feats[idx].mean(axis=0) for idx in windows])
+
+
+def extractor_record(bb: Backbone, sampling: Sampling, frame_size: int) -> dict:
+    """What a store records about how its features were made (equal records = same features)."""
+    return {**bb.describe(), "frame_dim": bb.dim, "dim": bb.dim * (sampling.frames_per_window
+            if sampling.pool == "stack" else 1), "sampling": sampling.mode, "fps": sampling.fps,
+            "num_frames": sampling.num_frames, "window": sampling.window, "stride": sampling.stride,
+            "pool": sampling.pool, "frame_size": frame_size}
 
 
 def _entry_complete(out: Path, vid: str, extractor: dict) -> bool:
@@ -184,10 +192,7 @@ def extract_features(
     frame_size = bb.input_size if frame_size is None else frame_size
     if not isinstance(frame_size, int) or frame_size < 8:
         raise ConfigError(f"frame_size must be an integer >= 8, got {frame_size!r}")
-    extractor = {**bb.describe(), "frame_dim": bb.dim, "dim": bb.dim * (sampling.frames_per_window
-                 if sampling.pool == "stack" else 1), "sampling": sampling.mode, "fps": sampling.fps,
-                 "num_frames": sampling.num_frames, "window": sampling.window, "stride": sampling.stride,
-                 "pool": sampling.pool, "frame_size": frame_size}
+    extractor = extractor_record(bb, sampling, frame_size)
     out = Path(out)
     _prepare_store(out, extractor, sampling)
 
