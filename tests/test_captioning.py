@@ -173,3 +173,20 @@ def test_cli_caption_one_npy(world, captioner, tmp_path, capsys):
     assert main(["caption", str(captioner[0]), "--features", str(npy), "--json"]) == 0
     assert isinstance(json.loads(capsys.readouterr().out)["caption"], str)
     assert main(["caption", str(captioner[0])]) == 2  # neither --data nor a .npy: an error, not a traceback
+
+
+def test_vivit_trains_end_to_end_from_raw_frames(tmp_path):
+    world = write_narrated_world(tmp_path / "pixels", NarratedConfig(num_scenes=4, frames=4, size=16), raw_frames=True)
+    cfg = load_config(None, [*TINY, f"data.features={world.frames}", f"data.annotations={world.captions}",
+                             "data.train_split=train", "data.val_split=validate", "mvgpt.objective=caption",
+                             "mvgpt.visual=vivit", "mvgpt.frame_size=16", "mvgpt.tubelet_size=8",
+                             "eval.metric=val_loss", "train.steps=2", "train.eval_every=2", f"train.out_dir={tmp_path / 'run'}"])
+    from vidlang.captioning import build_caption_experiment
+
+    exp = build_caption_experiment(cfg)
+    before = {k: v.clone() for k, v in exp.model.visual.state_dict().items()}
+    summary = train(cfg, exp, progress=False)
+    assert np.isfinite(summary["best"]["metric"])
+    assert any(not torch.equal(before[k], v) for k, v in exp.model.visual.state_dict().items())  # pixels -> ViViT trained
+    text = api.caption(api.load_model(tmp_path / "run"), np.load(world.frames / "features.npy")[0, :4].astype(np.float32))
+    assert isinstance(text, str)
