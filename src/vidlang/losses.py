@@ -26,9 +26,11 @@ def sentence_loss(scores: torch.Tensor, tau: float = 1.0, symmetric: bool = True
 
 def token_scores(video_tokens: torch.Tensor, video_mask: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
     """s(x_j, y_i^p) = max over frames k of x_j^k · y_i^p (Eq. 4), shape (texts, videos, text tokens)."""
-    sim = torch.einsum("ipd,jkd->ijpk", text_tokens, video_tokens)
-    sim = sim.masked_fill(~video_mask[None, :, None, :], torch.finfo(sim.dtype).min)
-    return sim.amax(-1)
+    (i, p, d), (j, k) = text_tokens.shape, video_mask.shape
+    # one (i·p, j·k) matmul, masked in place: no permuted copy of the 4-D tensor (mm's backward needs no output)
+    sim = (text_tokens.reshape(i * p, d) @ video_tokens.reshape(j * k, d).T).view(i, p, j, k)
+    sim.masked_fill_(~video_mask[None, None], torch.finfo(sim.dtype).min)
+    return sim.amax(-1).permute(0, 2, 1)
 
 
 def token_loss(token_sim: torch.Tensor, weights: torch.Tensor, tau: float = 1.0, reduction: str = "mean"):

@@ -92,7 +92,9 @@ def make_optimizer(model: TACo, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer not in ("adam", "adamw"):
         raise ConfigError(f"train.optimizer must be 'adam' or 'adamw', not {cfg.optimizer!r}")
     kind = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return kind(groups, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    # fused: one kernel per step instead of ~10 passes over every parameter (7x faster on a CPU, benchmarks/)
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
+    return kind(groups, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, fused=fused)
 
 
 def warmup_linear(warmup: int, total: int):

@@ -149,10 +149,21 @@ class FusionEncoder(nn.Module):
         nn.init.normal_(self.position.weight, std=0.02)
 
     def forward(self, text: Encoded, video: Encoded) -> torch.Tensor:
-        return self.fuse(text, video).pooled
+        """z^cls only. The last layer computes just the [CLS] row (its keys/values still see every
+        token): the same output as ``fuse(...).pooled``, without the other rows' attention and FFN."""
+        x, mask = self._embed(text, video)
+        *first, last = self.layers.layers
+        for layer in first:
+            x = layer(x, src_key_padding_mask=~mask)
+        return _first_row(last, x, ~mask)
 
     def fuse(self, text: Encoded, video: Encoded) -> Encoded:
         """ALL output tokens ``[text; video]`` with their mask; pooled = the ``[CLS]`` output (MV-GPT)."""
+        x, mask = self._embed(text, video)
+        x = self.layers(x, src_key_padding_mask=~mask)
+        return Encoded(x, mask, x[:, 0])
+
+    def _embed(self, text: Encoded, video: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([text.tokens, video.tokens], 1)
         mask = torch.cat([text.mask, video.mask], 1)
         if x.shape[1] > self.position.num_embeddings:
@@ -160,8 +171,20 @@ class FusionEncoder(nn.Module):
         types = torch.cat([torch.zeros_like(text.mask), torch.ones_like(video.mask)], 1).long()
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # count real tokens only: padding-invariant
         x = x + self.token_type(types) + self.position(positions)
-        x = self.layers(self.dropout(self.norm(x)), src_key_padding_mask=~mask)
-        return Encoded(x, mask, x[:, 0])
+        return self.dropout(self.norm(x)), mask
+
+
+def _first_row(layer: nn.TransformerEncoderLayer, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """Row 0 of ``layer(x, src_key_padding_mask=padding)``: row 0 attends to every real token of ``x``
+    (B, N, d); the attention output and the FFN are computed for row 0 alone."""
+    layer = getattr(layer, "_checkpoint_wrapped_module", layer)  # activation checkpointing wraps layers
+    q = x[:, :1]
+    if layer.norm_first:
+        y = layer.norm1(x)
+        h = q + layer.dropout1(layer.self_attn(y[:, :1], y, y, key_padding_mask=padding, need_weights=False)[0])
+        return (h + layer._ff_block(layer.norm2(h)))[:, 0]
+    h = layer.norm1(q + layer.dropout1(layer.self_attn(q, x, x, key_padding_mask=padding, need_weights=False)[0]))
+    return layer.norm2(h + layer._ff_block(h))[:, 0]
 
 
 def select(encoded: Encoded, index: torch.Tensor) -> Encoded:
