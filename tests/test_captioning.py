@@ -190,3 +190,15 @@ def test_vivit_trains_end_to_end_from_raw_frames(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in exp.model.visual.state_dict().items())  # pixels -> ViViT trained
     text = api.caption(api.load_model(tmp_path / "run"), np.load(world.frames / "features.npy")[0, :4].astype(np.float32))
     assert isinstance(text, str)
+
+
+@pytest.mark.parametrize("recipe", ["configs/mvgpt/msrvtt-ae128.yaml", "configs/mvgpt/narrated-pretrain.yaml",
+                                    "configs/mvgpt/narrated-caption.yaml", "src/vidlang/recipes/mvgpt-demo.yaml"])
+def test_shipped_mvgpt_recipes_build_their_model(recipe):
+    from pathlib import Path
+
+    from vidlang.models.mvgpt import MVGPT
+
+    cfg = load_config(Path(__file__).parents[1] / recipe)
+    model = MVGPT(cfg, video_dim=128, load_text_weights=False)
+    assert model.width == cfg.model.width and len(model.decoder.layers) == cfg.mvgpt.decoder_layers
