@@ -240,6 +240,8 @@ WORKER = textwrap.dedent('''
     mode, out = sys.argv[1], Path(sys.argv[2])
     if mode == "parity":
         torch.save(T.parity_on_this_rank(out), out / f"parity-{distributed.rank()}.pt")
+    elif mode == "mvgpt":
+        T.mvgpt_on_this_rank(Path(sys.argv[3]), out)
     else:
         T.train_on_this_rank(Path(sys.argv[3]), out)
 ''')
@@ -315,6 +317,23 @@ def train_on_this_rank(data: Path, out: Path) -> None:
     train(tiny_config(out / "accum", data, *ACCUM), progress=False)
 
 
+def mvgpt_on_this_rank(world: Path, out: Path) -> None:
+    """Run under torchrun: MV-GPT pretraining straight and in two legs (resumed), then captioning from it."""
+    from test_captioning import caption_cfg, pretrain_cfg
+
+    from vidlang.data.narrated import NarratedWorld
+    from vidlang.train import train
+
+    w = NarratedWorld(world)
+    common = ("train.steps=4", "train.save_every=2", "train.eval_every=2", "train.threads=1")
+    straight = train(pretrain_cfg(w, out / "straight", *common), progress=False)
+    train(pretrain_cfg(w, out / "legs", *common, "train.steps=2"), progress=False)
+    legs = train(pretrain_cfg(w, out / "legs", *common), progress=False)
+    assert straight["history"] == legs["history"]
+    train(caption_cfg(w, out / "caption", "train.steps=2", "train.eval_every=2", f"train.init_from={out / 'straight'}"),
+          progress=False)
+
+
 ACCUM = ("train.steps=3", "train.grad_accum_steps=2", "train.eval_every=3", "model.dropout=0")
 
 
@@ -377,3 +396,18 @@ def test_two_process_training_saves_resumes_and_matches_one_process(tmp_path, da
             torch.testing.assert_close(accum[key], value, rtol=1e-4, atol=1e-5, msg=key)
     two = ckpt.load_state(tmp_path / "accum" / "step-000003")
     assert two["history"][-1].keys() == one["history"][-1].keys() and two["stream"] == {"epoch": 2, "index": 2}
+
+
+@pytest.mark.slow
+def test_mvgpt_trains_and_resumes_under_torchrun(tmp_path):
+    from safetensors.torch import load_file
+
+    from vidlang import checkpoint as ckpt
+    from vidlang.data.narrated import NarratedConfig, write_narrated_world
+
+    world = write_narrated_world(tmp_path / "world", NarratedConfig(num_scenes=10, frames=4))
+    _torchrun(tmp_path, "mvgpt", str(tmp_path), str(world.root))
+    straight, legs = (load_file(str(ckpt.latest_checkpoint(tmp_path / r) / "model.safetensors")) for r in ("straight", "legs"))
+    assert all(torch.equal(straight[k], legs[k]) for k in straight), "the resumed MV-GPT run differs"
+    meta = ckpt.read_meta(ckpt.latest_checkpoint(tmp_path / "caption"), expect_model="mvgpt")
+    assert meta["world_size"] == 2 and {"CIDEr", "val_loss"} <= set(meta["best"]["metrics"])
