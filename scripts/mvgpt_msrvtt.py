@@ -29,6 +29,7 @@ from vidlang.train import train
 RECIPE = "configs/mvgpt/msrvtt-ae128.yaml"
 OUT = Path("runs/mvgpt-msrvtt")
 SPLIT = "msrvtt-ae128-dev video700-799 (all 20 references)"
+CODE = provenance()  # the code this process loaded: the commit when the script started, not when a result is written
 KEYS = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
 
 
@@ -43,7 +44,7 @@ def ids_file(data: str, a: int, b: int) -> Path:
 def run_seed(seed: int, data: str, extra: list[str]) -> None:
     out = OUT / f"seed{seed}"
     cfg = load_config(RECIPE, [f"data.root={data}", f"train.seed={seed}", f"train.out_dir={out}", *extra])
-    tic, code = time.perf_counter(), provenance()
+    tic = time.perf_counter()
     train(cfg, progress=False)
     train_s = time.perf_counter() - tic
     loaded = load_model(out, which="latest")
@@ -55,7 +56,7 @@ def run_seed(seed: int, data: str, extra: list[str]) -> None:
                       extra={"name": "MV-GPT (no pretraining, V only)", "seed": seed, "overrides": extra,
                              "checkpoint": str(loaded.checkpoint), "train_seconds": train_s,
                              "wall_seconds": time.perf_counter() - tic, "captions_file": str(captions)},
-                      provenance=code)
+                      provenance=CODE)
     print(f"seed {seed}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in KEYS) + f"  ({train_s:.0f}s training)",
           flush=True)
 
@@ -69,7 +70,6 @@ def baselines(data: str) -> None:
     ann = json.loads((root / "annotations.json").read_text())
     train_caps = [ann[v]["captions"] for v in ids[:700]]
     refs = {v: ann[v]["captions"] for v in ids[700:800]}
-    code = provenance()
     nn = nearest_neighbour_captions(np.asarray(feats[:700]), train_caps, np.asarray(feats[700:800]))
     constant = best_constant_caption(train_caps, {v: c for v, c in zip(ids[:700], train_caps)})
     with CaptionScorer() as scorer:
@@ -78,7 +78,7 @@ def baselines(data: str) -> None:
             metrics = scorer.score(preds, refs).corpus
             tag = "nn" if name.startswith("nearest") else "constant"
             write_result_json(OUT / f"baseline-{tag}.json", metrics, split=SPLIT, scoring="baseline",
-                              extra={"name": name}, provenance=code)
+                              extra={"name": name}, provenance=CODE)
             print(f"{name}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in KEYS))
 
 

@@ -35,6 +35,7 @@ SETTINGS = {  # name -> pretraining objective (None: fine-tune from the initial 
     "FG + MLM-D": "fg+mlm_d",
     "FG + BG + MLM-D (MV-GPT)": "pretrain",
 }
+CODE = provenance()  # the code this process loaded: the commit when the script started, not when a result is written
 KEYS = ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
 
 
@@ -53,7 +54,7 @@ def run_one(name: str, seed: int, labelled: int, extra: list[str]) -> None:
     world, subset = world_paths(labelled)
     data = [f"data.features={world.features}", f"data.transcripts={world.transcripts}"]
     run = OUT / f"{slug(name)}-seed{seed}"
-    tic, code = time.perf_counter(), provenance()
+    tic = time.perf_counter()
     init = []
     if SETTINGS[name] is not None:
         pre = load_config(PRETRAIN, [*data, f"data.train_split={world.root / 'train_ids.txt'}",
@@ -74,7 +75,7 @@ def run_one(name: str, seed: int, labelled: int, extra: list[str]) -> None:
                       scoring=decoding_name(loaded.cfg), config=cap.to_dict(),
                       extra={"name": name, "seed": seed, "labelled_scenes": labelled, "overrides": extra,
                              "pretrain_seconds": pre_s, "wall_seconds": time.perf_counter() - tic},
-                      provenance=code)
+                      provenance=CODE)
     print(f"{name} seed {seed}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in KEYS)
           + f"  ({time.perf_counter() - tic:.0f}s)", flush=True)
 

@@ -34,6 +34,7 @@ RUNS = {
     "L1+L2+L3 cascade, verb": (["loss.pos_tags=[VERB]"], "exact"),
     "L1+L2+L3 cascade, noun+verb": (["loss.pos_tags=[NOUN,VERB]"], "exact"),
 }
+CODE = provenance()  # the code this process loaded: the commit when the script started, not when a result is written
 KEYS = ["t2v_R@1", "t2v_R@5", "t2v_R@10", "t2v_MedR", "v2t_R@1", "v2t_R@5", "v2t_R@10", "v2t_MedR"]
 
 
@@ -47,7 +48,7 @@ def run_one(name: str, seed: int, data: str, extra: list[str]) -> None:
     scoring = next((o.split("=", 1)[1] for o in extra if o.startswith("eval.scoring=")), scoring)
     cfg = load_config(RECIPE, [f"data.root={data}", f"train.seed={seed}", f"train.out_dir={out}",
                                "train.eval_every=0", f"eval.scoring={scoring}", *overrides, *extra])
-    tic, code = time.perf_counter(), provenance()  # the commit this run loads, not the one at write time
+    tic = time.perf_counter()
     exp = build_experiment(cfg)
     summary = train(cfg, exp, progress=False)
     train_s = time.perf_counter() - tic
@@ -57,7 +58,7 @@ def run_one(name: str, seed: int, data: str, extra: list[str]) -> None:
     write_result_json(OUT / f"{slug(name)}-seed{seed}.json", metrics, split="msrvtt-ae128-dev video700-799",
                       scoring=scoring, config=cfg.to_dict(),
                       extra={"name": name, "seed": seed, "overrides": extra, "train_seconds": train_s, "wall_seconds": wall,
-                             "counts": summary["counts"]}, provenance=code)
+                             "counts": summary["counts"]}, provenance=CODE)
     print(f"{name} seed {seed}: t2v R@1 {metrics['t2v_R@1']:.1f} v2t R@1 {metrics['v2t_R@1']:.1f} ({wall:.0f}s)", flush=True)
 
 
