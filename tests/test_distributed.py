@@ -242,6 +242,8 @@ WORKER = textwrap.dedent('''
         torch.save(T.parity_on_this_rank(out), out / f"parity-{distributed.rank()}.pt")
     elif mode == "mvgpt":
         T.mvgpt_on_this_rank(Path(sys.argv[3]), out)
+    elif mode == "nan-one-rank":
+        T.nan_on_one_rank(Path(sys.argv[3]), out)
     else:
         T.train_on_this_rank(Path(sys.argv[3]), out)
 ''')
@@ -334,6 +336,31 @@ def mvgpt_on_this_rank(world: Path, out: Path) -> None:
           progress=False)
 
 
+def nan_on_one_rank(world: Path, out: Path) -> None:
+    """Run under torchrun: rank 1's MV-GPT loss turns NaN at step 2; both ranks must stop there, with a message."""
+    from test_captioning import pretrain_cfg
+
+    from vidlang import distributed
+    from vidlang.data.narrated import NarratedWorld
+    from vidlang.models.mvgpt import MVGPT
+    from vidlang.train import train
+
+    forward, calls = MVGPT.forward, []
+
+    def poisoned(self, batch, generator=None):
+        result = forward(self, batch, generator)
+        calls.append(1)
+        if distributed.rank() == 1 and len(calls) == 2:
+            result["loss"] = result["loss"] * float("nan")
+        return result
+
+    MVGPT.forward = poisoned
+    try:
+        train(pretrain_cfg(NarratedWorld(world), out / "nan", "train.steps=4", "train.eval_every=0"), progress=False)
+    except FloatingPointError as e:
+        (out / f"stopped-{distributed.rank()}.txt").write_text(str(e))
+
+
 ACCUM = ("train.steps=3", "train.grad_accum_steps=2", "train.eval_every=3", "model.dropout=0")
 
 
@@ -411,3 +438,13 @@ def test_mvgpt_trains_and_resumes_under_torchrun(tmp_path):
     assert all(torch.equal(straight[k], legs[k]) for k in straight), "the resumed MV-GPT run differs"
     meta = ckpt.read_meta(ckpt.latest_checkpoint(tmp_path / "caption"), expect_model="mvgpt")
     assert meta["world_size"] == 2 and {"CIDEr", "val_loss"} <= set(meta["best"]["metrics"])
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_every_rank(tmp_path):
+    from vidlang.data.narrated import NarratedConfig, write_narrated_world
+
+    world = write_narrated_world(tmp_path / "world", NarratedConfig(num_scenes=10, frames=4))
+    _torchrun(tmp_path, "nan-one-rank", str(tmp_path), str(world.root))  # returns: no rank hangs
+    assert "non-finite loss nan" in (tmp_path / "stopped-1.txt").read_text()
+    assert "another process" in (tmp_path / "stopped-0.txt").read_text()

@@ -215,11 +215,15 @@ def backward_step(loss_fn: Callable[[object], dict], batches: Iterable, accum: i
         with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
             with autocast or contextlib.nullcontext():
                 out = loss_fn(batch)
-            if not torch.isfinite(out["loss"]):  # the global loss: every rank stops together
+            local_ok = bool(torch.isfinite(out["loss"].detach()))
+            finite = torch.tensor([float(local_ok)], device=out["loss"].device)
+            if ddp is not None:  # a rank-local loss (MV-GPT) may be bad on one rank only: every rank stops together
+                finite = distributed.all_sum(finite) / distributed.world_size()
+            if float(finite) < 1.0:
+                what = (f"non-finite loss {float(out['loss'])} on {describe(batch)}" if not local_ok else
+                        f"non-finite loss on another process (the loss of {describe(batch)} here is finite)")
                 raise FloatingPointError(
-                    f"non-finite loss {float(out['loss'])} on {describe(batch)}: "
-                    "lower train.lr or check the features; no checkpoint was written for this step"
-                )
+                    f"{what}: lower train.lr or check the features; no checkpoint was written for this step")
             (out["objective"] / accum if accum > 1 else out["objective"]).backward()
         outs.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()})
     return outs
