@@ -158,7 +158,15 @@ def test_cli_caption_scores_a_folder_and_writes_captions(world, captioner, tmp_p
 
 def test_training_vocabulary_is_kept_with_the_checkpoint(world, tmp_path):
     out = tmp_path / "vocab"
-    train(caption_cfg(world, out, "train.steps=2", "train.eval_every=2", "mvgpt.output_vocab=train"), progress=False)
+    from vidlang.captioning import build_caption_experiment
+
+    cfg = caption_cfg(world, out, "train.steps=2", "train.eval_every=2", "mvgpt.output_vocab=train")
+    exp = build_caption_experiment(cfg)
+    exp.val_set.targets[0] = exp.val_set.targets[0][:-1] + [29999, exp.val_set.targets[0][-1]]  # a word never trained
+    summary = train(cfg, exp, progress=False)
+    vocab = set(exp.meta["output_vocab"])
+    expected = sum(tok not in vocab for t in exp.val_set.targets for tok in t[1:])
+    assert expected >= 1 and summary["best"]["metrics"]["val_targets_outside_vocab"] == expected  # counted
     loaded = api.load_model(out)
     vocab = set(loaded.meta["output_vocab"])
     assert loaded.model.decoder.vocab_mask.sum() == len(vocab) < 1000  # the world's words, not BERT's 30k

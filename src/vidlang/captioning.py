@@ -137,7 +137,12 @@ def validation_losses(model: MVGPT, dataset: CaptionDataset, batch_size: int = 6
         for k in ("loss", "fg", "bg", "mlm_d", "mlm_e", "caption"):
             if k in out:
                 totals[k] += float(out[k]) * len(batch)
-    return {f"val_{k}": v / len(dataset) for k, v in totals.items()}
+    metrics = {f"val_{k}": v / len(dataset) for k, v in totals.items()}
+    if model.decoder.vocab_mask is not None:  # such tokens cannot be generated and are left out of the loss: count them
+        allowed = model.decoder.vocab_mask.cpu()
+        metrics["val_targets_outside_vocab"] = float(sum(int((~allowed[torch.tensor(t[1:])]).sum())
+                                                         for t in dataset.targets))
+    return metrics
 
 
 def evaluate_captioning(model: MVGPT, dataset: CaptionDataset, cfg: Config, device="cpu",
