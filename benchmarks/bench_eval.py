@@ -18,7 +18,7 @@ import torch
 import common
 import setups
 from vidlang.models.blocks import Encoded
-from vidlang.scoring import EncodedSet, score_matrix
+from vidlang.evaluation.scoring import EncodedSet, score_matrix
 
 TITLE = "3. Evaluation: exact all-pairs scoring vs cascade rerank"
 RUN = common.REPO / "runs" / "bench-msrvtt-ae128" / "taco"

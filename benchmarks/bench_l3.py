@@ -1,6 +1,6 @@
 """Benchmark 2: the cost of L3's negatives, cascade vs random vs exhaustive, at batch 128.
 
-cascade and random are TACo.forward with loss.negatives = cascade | random (K' = 8): the fusion encoder
+cascade and random are TACo.forward with taco.negatives = cascade | random (K' = 8): the fusion encoder
 sees B + 2·B·K' pairs. exhaustive sends all B·B (text, video) pairs through the fusion encoder
 (TACo.fusion_scores) and applies losses.fusion_loss with every other clip as a negative, on the same
 encoder outputs as the library forward (caught with forward hooks; L1 and L2 come from TACo.forward).
@@ -37,10 +37,10 @@ def l3_case(device: str, variant: str, batch: int, steps: int, size: str = "smal
     net.train()
     data = setups.taco_batch(batch, shape["frames"], shape["words"], shape["video_dim"], device=device)
     gen = torch.Generator().manual_seed(0)
-    loss_cfg = cfg.loss
+    loss_cfg = cfg.taco
     seen = {}
     if variant == "exhaustive":
-        loss_cfg = type(cfg.loss)(**{**cfg.loss.__dict__, "fusion_weight": 0.0})
+        loss_cfg = type(cfg.taco)(**{**cfg.taco.__dict__, "fusion_weight": 0.0})
         net.video.register_forward_hook(lambda m, i, out: seen.__setitem__("video", out))
         net.text.register_forward_hook(lambda m, i, out: seen.__setitem__("text", out))
     elif variant in ("cascade", "random"):
@@ -54,7 +54,7 @@ def l3_case(device: str, variant: str, batch: int, steps: int, size: str = "smal
         out = net(data, loss_cfg, gen)
         loss = out["objective"]
         if variant == "exhaustive":
-            loss = loss + cfg.loss.fusion_weight * exhaustive_l3(net, seen["video"], seen["text"])
+            loss = loss + cfg.taco.fusion_weight * exhaustive_l3(net, seen["video"], seen["text"])
         loss.backward()
 
     with torch.no_grad():  # fills the frozen MiniLM's output cache (steady state of training)

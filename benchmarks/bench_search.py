@@ -1,6 +1,6 @@
 """Benchmark 4: search latency (p50/p99, queries/s) at 10k, 100k and 1M clips, and approximate recall.
 
-The index is a vidlang.index.ClipIndex with build_index's layout (pooled float32, tokens float16,
+The index is a vidlang.retrieval.index.ClipIndex with build_index's layout (pooled float32, tokens float16,
 memory-mapped on load), written by save_index and opened by load_index, for the recipe's TACo
 (runs/bench-msrvtt-ae128/taco, trained by bench_eval if missing). Encoding 1M clips through the
 model is not what is timed here, so the clips are synthetic around real ones: each is one of the
@@ -50,7 +50,7 @@ def _base_clips(loaded):
 
 def make_index(loaded, n: int, out, seed: int = 0, chunk: int = 65536):
     """Write an n-clip index (exact FAISS) to ``out`` with save_index; returns its build time."""
-    from vidlang.index import FaissSettings, ClipIndex, build_faiss, checkpoint_identity, s1_vectors, save_index
+    from vidlang.retrieval.index import FaissSettings, ClipIndex, build_faiss, checkpoint_identity, s1_vectors, save_index
 
     tic = time.perf_counter()
     base, base_mask = _base_clips(loaded)
@@ -86,7 +86,7 @@ def make_index(loaded, n: int, out, seed: int = 0, chunk: int = 65536):
 
 def open_index(loaded, n: int):
     from vidlang.errors import VidlangError
-    from vidlang.index import load_index
+    from vidlang.retrieval.index import load_index
 
     out = CACHE / f"n{n}"
     built_s = None
@@ -111,8 +111,8 @@ def query_texts(count: int) -> list[str]:
 def search_case(device: str, n: int, kinds: list[str], queries: int, rerank_topk: int = 50, candidates: int = 1000) -> dict:
     from bench_eval import ensure_checkpoint
     from vidlang.api import encode_text, load_model
-    from vidlang.index import FaissSettings, build_faiss, s1_vectors
-    from vidlang.search import search
+    from vidlang.retrieval.index import FaissSettings, build_faiss, s1_vectors
+    from vidlang.retrieval.query import search
     from vidlang.text.pos import tag_captions
 
     loaded = load_model(ensure_checkpoint()["checkpoint"])

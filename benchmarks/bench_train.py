@@ -40,7 +40,7 @@ def train_case(device: str, model: str, size: str, batch: int, steps: int) -> di
     batches = [make(batch, shape["frames"], shape["words"], shape["video_dim"], seed=s, device=device) for s in range(2)]
     gen = torch.Generator().manual_seed(0)
     if model == "taco":
-        loss_fn = lambda b: net(b, cfg.loss, gen)  # noqa: E731
+        loss_fn = lambda b: net(b, cfg.taco, gen)  # noqa: E731
     else:
         loss_fn = lambda b: net(b, gen)  # noqa: E731
     state = {"i": 0}

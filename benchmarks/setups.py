@@ -24,7 +24,7 @@ def config(size: str, model: str = "taco") -> Config:
     if size == "small":
         cfg = load_config(RECIPE)
         if model == "mvgpt":
-            cfg.model.name = "mvgpt"
+            cfg.task = "mvgpt"
             cfg.mvgpt.decoder_heads = 4
         return cfg
     if size != "paper":
@@ -34,7 +34,7 @@ def config(size: str, model: str = "taco") -> Config:
         "model.video_layers=4", "model.video_heads=12", "model.fusion_layers=2", "model.fusion_heads=12",
         "model.dropout=0.1", "data.max_frames=48", "data.max_words=30"])
     if model == "mvgpt":
-        cfg.model.name = "mvgpt"
+        cfg.task = "mvgpt"
         cfg.mvgpt.decoder_layers, cfg.mvgpt.decoder_heads = 12, 12
     return cfg
 

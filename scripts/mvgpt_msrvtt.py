@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from vidlang.api import load_model
-from vidlang.caption_metrics import CaptionScorer
-from vidlang.captioning import caption_folder, decoding_name
+from vidlang.evaluation.caption_metrics import CaptionScorer
+from vidlang.evaluation.captioning import caption_folder, decoding_name
 from vidlang.config import load_config
 from vidlang.report import format_mean_std, mean_std, provenance, write_result_json
 from vidlang.train import train
@@ -48,7 +48,7 @@ def run_seed(seed: int, data: str, extra: list[str]) -> None:
     train(cfg, progress=False)
     train_s = time.perf_counter() - tic
     loaded = load_model(out, which="latest")
-    metrics, preds, refs, _ = caption_folder(loaded, data, split=str(ids_file(data, 700, 800)))
+    metrics, preds, refs, _, _ = caption_folder(loaded, data, split=str(ids_file(data, 700, 800)))
     stamp = decoding_name(loaded.cfg)
     captions = OUT / f"mvgpt-seed{seed}.captions.jsonl"
     captions.write_text("".join(json.dumps({"id": k, "caption": v}) + "\n" for k, v in preds.items()))
@@ -62,7 +62,7 @@ def run_seed(seed: int, data: str, extra: list[str]) -> None:
 
 
 def baselines(data: str) -> None:
-    from vidlang.baselines import best_constant_caption, nearest_neighbour_captions
+    from vidlang.evaluation.baselines import best_constant_caption, nearest_neighbour_captions
 
     root = Path(data)
     feats = np.load(root / "features.npy", mmap_mode="r")

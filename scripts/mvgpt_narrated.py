@@ -3,7 +3,7 @@
     python scripts/mvgpt_narrated.py [key=value ...] [--seeds 0 1 2] [--only NAME]
     python scripts/mvgpt_narrated.py --report        # the markdown table for docs/results.md
 
-The world (vidlang.data.narrated, 300 scenes of 4 steps; the last 60 scenes are held out) is
+The world (vidlang.worlds.narrated, 300 scenes of 4 steps; the last 60 scenes are held out) is
 written to runs/narrated/world. Each setting pretrains on the narration of ALL training scenes
 (no captions: present utterance + frames -> future utterance, and back), then fine-tunes the same
 captioner (frames + the step's narration -> caption) on the captions of only the first
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from vidlang.api import load_model
-from vidlang.captioning import caption_folder, decoding_name
+from vidlang.evaluation.captioning import caption_folder, decoding_name
 from vidlang.config import load_config
-from vidlang.data.narrated import NarratedConfig, write_narrated_world
+from vidlang.worlds.narrated import NarratedConfig, write_narrated_world
 from vidlang.report import format_mean_std, mean_std, provenance, write_result_json
 from vidlang.train import train
 
@@ -68,7 +68,7 @@ def run_one(name: str, seed: int, labelled: int, extra: list[str]) -> None:
                                 "train.eval_every=0", *init, *extra])
     train(cap, progress=False)
     loaded = load_model(run / "caption", which="latest")
-    metrics, preds, _, _ = caption_folder(loaded, world.root, annotations=str(world.captions), features=str(world.features),
+    metrics, preds, _, _, _ = caption_folder(loaded, world.root, annotations=str(world.captions), features=str(world.features),
                                           transcripts=str(world.transcripts), split=str(world.root / "val_ids.txt"))
     (run / "val_captions.jsonl").write_text("".join(json.dumps({"id": k, "caption": v}) + "\n" for k, v in preds.items()))
     write_result_json(OUT / f"{slug(name)}-seed{seed}.json", metrics, split="narrated world: 60 held-out scenes x 4 steps",

@@ -17,22 +17,23 @@ from pathlib import Path
 import numpy as np
 
 from vidlang.config import load_config
-from vidlang.evaluate import similarity
-from vidlang.metrics import retrieval_metrics
+from vidlang.evaluation.retrieval import similarity
+from vidlang.evaluation.metrics import retrieval_metrics
 from vidlang.report import format_mean_std, mean_std, provenance, write_result_json
-from vidlang.train import build_experiment, train
+from vidlang.tasks.taco import build_experiment
+from vidlang.train import train
 
 RECIPE = "configs/taco/msrvtt-ae128.yaml"
 OUT = Path("runs/ablation")
 # name -> (overrides, scoring)
 RUNS = {
-    "L1 only": (["loss.token_weight=0", "loss.fusion_weight=0"], "s1"),
-    "L3 only (random)": (["loss.sentence_weight=0", "loss.token_weight=0", "loss.negatives=random"], "s3"),
-    "L1+L3 random": (["loss.token_weight=0", "loss.negatives=random"], "s1+s3"),
-    "L1+L3 cascade (tokens: none)": (["loss.token_weight=0"], "s1+s3"),
-    "L1+L2+L3 cascade, noun": (["loss.pos_tags=[NOUN]"], "exact"),
-    "L1+L2+L3 cascade, verb": (["loss.pos_tags=[VERB]"], "exact"),
-    "L1+L2+L3 cascade, noun+verb": (["loss.pos_tags=[NOUN,VERB]"], "exact"),
+    "L1 only": (["taco.token_weight=0", "taco.fusion_weight=0"], "s1"),
+    "L3 only (random)": (["taco.sentence_weight=0", "taco.token_weight=0", "taco.negatives=random"], "s3"),
+    "L1+L3 random": (["taco.token_weight=0", "taco.negatives=random"], "s1+s3"),
+    "L1+L3 cascade (tokens: none)": (["taco.token_weight=0"], "s1+s3"),
+    "L1+L2+L3 cascade, noun": (["taco.pos_tags=[NOUN]"], "exact"),
+    "L1+L2+L3 cascade, verb": (["taco.pos_tags=[VERB]"], "exact"),
+    "L1+L2+L3 cascade, noun+verb": (["taco.pos_tags=[NOUN,VERB]"], "exact"),
 }
 CODE = provenance()  # the code this process loaded: the commit when the script started, not when a result is written
 KEYS = ["t2v_R@1", "t2v_R@5", "t2v_R@10", "t2v_MedR", "v2t_R@1", "v2t_R@5", "v2t_R@10", "v2t_MedR"]
@@ -63,7 +64,7 @@ def run_one(name: str, seed: int, data: str, extra: list[str]) -> None:
 
 
 def tfidf(data: str) -> None:
-    from vidlang.baselines import tfidf_ridge_baseline
+    from vidlang.evaluation.baselines import tfidf_ridge_baseline
 
     root = Path(data)
     feats = np.load(root / "features.npy").mean(1)

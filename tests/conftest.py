@@ -27,7 +27,7 @@ TINY = [
     "model.width=16", "model.video_heads=2", "model.fusion_heads=2", "model.fusion_layers=1",
     "model.text_trainable_layers=0", "data.max_frames=6", "train.batch_size=8", "train.steps=6",
     "train.warmup_steps=2", "train.eval_every=3", "train.save_every=3", "train.threads=1",
-    "data.train_split=train", "data.val_split=validate", "loss.num_negatives=3",
+    "data.train_split=train", "data.val_split=validate", "taco.num_negatives=3",
 ]
 
 
@@ -124,7 +124,7 @@ def serve_world(tmp_path_factory) -> dict:
 def served(serve_world, tmp_path_factory) -> dict:
     """``vidlang serve`` of the serve world on a loopback port (uploads limited to 0.1 MB)."""
     from helpers import live_server
-    from vidlang.serve import create_app
+    from vidlang.serve.app import create_app
 
     app = create_app(serve_world["index"], serve_world["mvgpt"], serve_world["media"],
                      cache_dir=tmp_path_factory.mktemp("strips"), max_upload_mb=0.1)

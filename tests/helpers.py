@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 # A tiny MV-GPT (as tests/test_mvgpt.py's TINY) captioning from the frames alone.
-MVGPT_TINY = ["model.name=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2",
+MVGPT_TINY = ["task=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2",
               "model.fusion_layers=1", "model.text_trainable_layers=0", "model.dropout=0", "mvgpt.decoder_layers=1",
-              "mvgpt.decoder_heads=2", "mvgpt.max_decode_len=8", "mvgpt.objective=caption",
-              "mvgpt.use_transcript=false", "mvgpt.decode=greedy"]
+              "mvgpt.decoder_heads=2", "decode.max_len=8", "mvgpt.objective=caption",
+              "mvgpt.use_transcript=false", "decode.method=greedy"]
 
 
 def level(i: int) -> int:
@@ -43,9 +43,9 @@ def build_serve_world(root: Path, *, videos: int = 12, taco_steps: int = 24, mvg
     from conftest import TINY
     from vidlang.api import load_model
     from vidlang.config import load_config
-    from vidlang.data.synthetic import WorldConfig, generate_world
+    from vidlang.worlds.synthetic import WorldConfig, generate_world
     from vidlang.extract import extract_features
-    from vidlang.index import build_index
+    from vidlang.retrieval.index import build_index
     from vidlang.train import train
 
     root.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from vidlang.baselines import tfidf_ridge_baseline  # noqa: E402
+from vidlang.evaluation.baselines import tfidf_ridge_baseline  # noqa: E402
 from vidlang.errors import DataError  # noqa: E402
-from vidlang.metrics import retrieval_metrics  # noqa: E402
+from vidlang.evaluation.metrics import retrieval_metrics  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "msrvtt-ae128-dev"
 # Chosen by a sweep on train videos only (fit video0-599, score video600-699):

@@ -11,7 +11,7 @@ pytest.importorskip("scipy")
 if shutil.which("java") is None:
     pytest.skip("caption baselines need java (PTB tokenizer)", allow_module_level=True)
 
-from vidlang.baselines import best_constant_caption, nearest_neighbour_captions  # noqa: E402
+from vidlang.evaluation.baselines import best_constant_caption, nearest_neighbour_captions  # noqa: E402
 from vidlang.errors import ConfigError, DataError  # noqa: E402
 
 # Lower-case, no punctuation: the PTB tokenizer leaves these unchanged.

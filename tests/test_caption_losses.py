@@ -11,7 +11,7 @@ from vidlang import losses
 from vidlang.config import load_config
 from vidlang.data.records import CaptionBatch
 
-TINY = ["model.name=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2", "model.fusion_layers=1",
+TINY = ["task=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2", "model.fusion_layers=1",
         "model.text_trainable_layers=0", "model.dropout=0", "mvgpt.decoder_layers=2", "mvgpt.decoder_heads=2",
         "mvgpt.mask_prob=0.5"]
 

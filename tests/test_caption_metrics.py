@@ -1,4 +1,4 @@
-"""Tests of vidlang.caption_metrics: coco-caption metrics, preflight and the vectorised CIDEr-D."""
+"""Tests of vidlang.evaluation.caption_metrics: coco-caption metrics, preflight and the vectorised CIDEr-D."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ pytest.importorskip("pycocoevalcap")
 if shutil.which("java") is None:  # the PTB tokenizer is a jar
     pytest.skip("caption metrics need java", allow_module_level=True)
 
-from vidlang import caption_metrics as cm  # noqa: E402
+from vidlang.evaluation import caption_metrics as cm  # noqa: E402
 from vidlang.errors import DataError, VidlangError  # noqa: E402
 
 

@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 from vidlang import api
 from vidlang.cli import main
 from vidlang.config import load_config
-from vidlang.data.narrated import NarratedConfig, write_narrated_world
+from vidlang.worlds.narrated import NarratedConfig, write_narrated_world
 from vidlang.errors import CheckpointError, ConfigError
 from vidlang.train import train
 
-TINY = ["model.name=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2", "model.fusion_layers=1",
+TINY = ["task=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2", "model.fusion_layers=1",
         "model.text_trainable_layers=0", "model.dropout=0", "mvgpt.decoder_layers=1", "mvgpt.decoder_heads=2",
-        "mvgpt.max_decode_len=8", "mvgpt.decode=greedy", "data.max_frames=8", "train.batch_size=8",
+        "decode.max_len=8", "decode.method=greedy", "data.max_frames=8", "train.batch_size=8",
         "train.warmup_steps=1", "train.lr=1e-3", "train.log_every=1"]
 
 
@@ -70,7 +70,7 @@ def test_pretraining_reports_each_loss_and_keeps_the_lowest_val_loss(pretrained)
 
 def test_fine_tuning_starts_from_the_pretrained_weights(world, pretrained, captioner, tmp_path):
     cfg = caption_cfg(world, tmp_path / "zero", "train.steps=0", f"train.init_from={pretrained[0]}")
-    from vidlang.captioning import build_caption_experiment
+    from vidlang.tasks.mvgpt import build_caption_experiment
 
     exp = build_caption_experiment(cfg)
     before = {k: v.clone() for k, v in exp.model.state_dict().items()}
@@ -110,7 +110,7 @@ def test_resume_equals_uninterrupted(world, tmp_path):
 
 @pytest.mark.parametrize("extra, match", [
     (["eval.metric=t2v_R@1", "train.steps=1", "train.eval_every=1"], "eval.metric"),
-    (["model.name=clip"], "model.name"),
+    (["task=clip"], "task"),
 ])
 def test_bad_settings_are_named(world, tmp_path, extra, match):
     with pytest.raises(ConfigError, match=match):
@@ -158,7 +158,7 @@ def test_cli_caption_scores_a_folder_and_writes_captions(world, captioner, tmp_p
 
 def test_training_vocabulary_is_kept_with_the_checkpoint(world, tmp_path):
     out = tmp_path / "vocab"
-    from vidlang.captioning import build_caption_experiment
+    from vidlang.tasks.mvgpt import build_caption_experiment
 
     cfg = caption_cfg(world, out, "train.steps=2", "train.eval_every=2", "mvgpt.output_vocab=train")
     exp = build_caption_experiment(cfg)
@@ -189,7 +189,7 @@ def test_vivit_trains_end_to_end_from_raw_frames(tmp_path):
                              "data.train_split=train", "data.val_split=validate", "mvgpt.objective=caption",
                              "mvgpt.visual=vivit", "mvgpt.frame_size=16", "mvgpt.tubelet_size=8",
                              "eval.metric=val_loss", "train.steps=2", "train.eval_every=2", f"train.out_dir={tmp_path / 'run'}"])
-    from vidlang.captioning import build_caption_experiment
+    from vidlang.tasks.mvgpt import build_caption_experiment
 
     exp = build_caption_experiment(cfg)
     before = {k: v.clone() for k, v in exp.model.visual.state_dict().items()}

@@ -51,7 +51,8 @@ def _evaluate(capsys, *args: str) -> dict:
 
 
 def test_evaluate_every_video_of_the_folder(trained_run, data_dir, capsys, tmp_path):
-    result = _evaluate(capsys, str(trained_run["out_dir"]), "--data", str(data_dir))
+    # every video, training ones included: only with the flag, and the result says so
+    result = _evaluate(capsys, str(trained_run["out_dir"]), "--data", str(data_dir), "--allow-train-overlap")
     assert result["split"] == f"{data_dir.name}:all" and result["scoring"] == "exact"
     m = result["metrics"]
     for key in METRIC_KEYS:
@@ -63,12 +64,13 @@ def test_evaluate_every_video_of_the_folder(trained_run, data_dir, capsys, tmp_p
         assert 1 <= m[f"{d}_MedR"] <= candidates and 1 <= m[f"{d}_MeanR"] <= candidates
     assert m["t2v_R@50"] == 100  # only 24 videos to rank
     written = json.loads(Path(result["result_file"]).read_text())
-    assert written["metrics"] == m and written["split"] == result["split"]
+    assert written["metrics"] == m and written["split"] == result["split"] and written["extra"]["train_overlap"] == 16
     assert Path(result["result_file"]).parent == trained_run["out_dir"] / (trained_run["out_dir"] / "best").read_text().strip() / "results"
 
     # an explicit output path and scoring
     out = tmp_path / "res.json"
-    s1 = _evaluate(capsys, str(trained_run["out_dir"]), "--data", str(data_dir), "--scoring", "s1", "--out", str(out))
+    s1 = _evaluate(capsys, str(trained_run["out_dir"]), "--data", str(data_dir), "--scoring", "s1", "--out", str(out),
+                   "--allow-train-overlap")
     assert s1["scoring"] == "s1" and json.loads(out.read_text())["scoring"] == "s1"
     assert s1["metrics"]["num_videos"] == 24
 
@@ -91,11 +93,10 @@ def test_evaluate_wrong_feature_dim(trained_run, tmp_path, capsys):
 
 def test_evaluate_split_with_unknown_video(trained_run, data_dir, tmp_path, capsys):
     ids = tmp_path / "ids.txt"
-    ids.write_text("video1\nvideo2\n")
     ann = json.loads((data_dir / "annotations.json").read_text())
     ann["video99"] = {"split": "validate", "captions": ["a cat eats a fish"]}
     (tmp_path / "ann.json").write_text(json.dumps(ann))
-    ids.write_text("video1\nvideo2\nvideo99\n")
+    ids.write_text("video16\nvideo17\nvideo99\n")  # two held-out videos and one without features
     args = ["evaluate", str(trained_run["out_dir"]), "--data", str(data_dir), "--split", str(ids),
             "--annotations", str(tmp_path / "ann.json"), "--json"]
     assert main(args) == 2
@@ -136,7 +137,7 @@ def test_search_returns_top_k_sorted(loaded, data_dir):
 def test_search_exact_equals_brute_force(loaded, data_dir):
     from vidlang.api import encode_text, encode_video, search
     from vidlang.data.features import open_store
-    from vidlang.scoring import score_matrix
+    from vidlang.evaluation.scoring import score_matrix
 
     query = "a man slices a tomato"
     (hits,) = search(loaded, query, data_dir, k=5, scoring="exact")
@@ -177,3 +178,15 @@ def test_search_wrong_dim_store(loaded, tmp_path):
 
     with pytest.raises(DataError, match="dim"):
         search(loaded, "a dog", make_data(tmp_path / "wide", dim=10), k=3)
+
+
+def test_public_names_are_not_shadowed_by_submodules(trained_run, data_dir):
+    import importlib
+
+    import vidlang
+
+    model = vidlang.load_model(trained_run["out_dir"])
+    first = vidlang.search(model, "a man slices a tomato", data_dir, k=2)
+    for name in ("vidlang.retrieval", "vidlang.retrieval.query", "vidlang.inference", "vidlang.api"):
+        importlib.import_module(name)
+    assert callable(vidlang.search) and vidlang.search(model, "a man slices a tomato", data_dir, k=2) == first

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import warnings
+
 import pytest
 import yaml
 
@@ -15,16 +17,16 @@ RECIPES = sorted((REPO / "configs").glob("*/*.yaml")) + sorted((REPO / "src" / "
 
 def test_defaults_are_the_paper_setting():
     cfg = load_config()
-    assert cfg.model.name == "taco"
+    assert cfg.task == "taco"
     assert cfg.model.text_trainable_layers == -1  # fine-tune the text encoder
-    assert cfg.loss.pos_tags == ["NOUN", "VERB"]
-    assert cfg.loss.token_weight == 0.5 and cfg.eval.token_scale == 0.5
-    assert cfg.loss.negatives == "cascade"
+    assert cfg.taco.pos_tags == ["NOUN", "VERB"]
+    assert cfg.taco.token_weight == 0.5 and cfg.eval.token_scale == 0.5
+    assert cfg.taco.negatives == "cascade"
     assert cfg.train.text_lr is None and cfg.data.feature_fps is None
     assert cfg.data.skip_bad is False
     # every call gets fresh defaults (no shared mutable list)
-    cfg.loss.pos_tags.append("ADJ")
-    assert load_config().loss.pos_tags == ["NOUN", "VERB"]
+    cfg.taco.pos_tags.append("ADJ")
+    assert load_config().taco.pos_tags == ["NOUN", "VERB"]
 
 
 def test_yaml_recipe_then_overrides():
@@ -36,7 +38,7 @@ def test_yaml_recipe_then_overrides():
     # overrides win over the recipe
     assert cfg.train.steps == 7 and cfg.model.width == 32
     # keys the recipe does not name keep their defaults
-    assert cfg.loss.tau_sentence == 1.0 and cfg.train.grad_clip == 0.0 and cfg.eval.rerank_topk == 20
+    assert cfg.taco.tau_sentence == 1.0 and cfg.train.grad_clip == 0.0 and cfg.eval.rerank_topk == 20
 
 
 @pytest.mark.parametrize(
@@ -48,11 +50,11 @@ def test_yaml_recipe_then_overrides():
         ("train.grad_clip=2", "train", "grad_clip", 2.0),
         ("data.skip_bad=true", "data", "skip_bad", True),
         ("model.normalize=yes", "model", "normalize", True),
-        ("loss.symmetric=false", "loss", "symmetric", False),
-        ("loss.pos_tags=[NOUN]", "loss", "pos_tags", ["NOUN"]),
-        ("loss.pos_tags=[]", "loss", "pos_tags", []),
-        ("loss.pos_tags=NOUN,VERB,ADJ", "loss", "pos_tags", ["NOUN", "VERB", "ADJ"]),
-        ("loss.pos_tags=NOUN, ADJ", "loss", "pos_tags", ["NOUN", "ADJ"]),
+        ("taco.symmetric=false", "taco", "symmetric", False),
+        ("taco.pos_tags=[NOUN]", "taco", "pos_tags", ["NOUN"]),
+        ("taco.pos_tags=[]", "taco", "pos_tags", []),
+        ("taco.pos_tags=NOUN,VERB,ADJ", "taco", "pos_tags", ["NOUN", "VERB", "ADJ"]),
+        ("taco.pos_tags=NOUN, ADJ", "taco", "pos_tags", ["NOUN", "ADJ"]),
         ("train.text_lr=none", "train", "text_lr", None),
         ("train.text_lr=null", "train", "text_lr", None),
         ("train.text_lr=1e-5", "train", "text_lr", 1e-5),
@@ -93,7 +95,7 @@ def test_unknown_or_misplaced_key_names_it(override, named):
         ("train.lr=[1]", "train.lr"),
         ("train.out_dir=[a, b]", "train.out_dir"),
         ("data.skip_bad=maybe", "data.skip_bad"),
-        ("loss.pos_tags={a: 1}", "loss.pos_tags"),
+        ("taco.pos_tags={a: 1}", "taco.pos_tags"),
         ("train.text_lr=quick", "train.text_lr"),
     ],
 )
@@ -134,14 +136,19 @@ def test_empty_yaml_is_the_defaults(tmp_path):
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_loads(recipe):
     raw = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    cfg = load_config(recipe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # shipped recipes use no renamed key
+        cfg = load_config(recipe)
     # every value the recipe gives arrives in the config
     for section, values in raw.items():
+        if not isinstance(values, dict):
+            assert getattr(cfg, section) == values
+            continue
         for key, value in values.items():
             got = getattr(getattr(cfg, section), key)
             assert got == value, f"{recipe.name}: {section}.{key} = {got!r}, recipe says {value!r}"
     kind = "mvgpt" if "mvgpt" in (recipe.parent.name, recipe.name.split("-")[0]) else "taco"
-    assert cfg.model.name == kind
+    assert cfg.task == kind
 
 
 def test_recipes_exist():
@@ -149,7 +156,34 @@ def test_recipes_exist():
 
 
 def test_save_and_reload_round_trip(tmp_path):
-    cfg = load_config(None, ["train.text_lr=2e-5", "loss.pos_tags=[NOUN]", "data.feature_fps=1.5", "train.steps=9"])
+    cfg = load_config(None, ["train.text_lr=2e-5", "taco.pos_tags=[NOUN]", "data.feature_fps=1.5", "train.steps=9"])
     save_config(cfg, tmp_path / "config.yaml")
     again = config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text(encoding="utf-8")))
     assert again == cfg
+
+
+def test_flat_layout_recipe_loads_with_a_warning_naming_the_new_keys(tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("model:\n  name: mvgpt\n  width: 32\nloss:\n  token_weight: 0.25\n"
+                      "mvgpt:\n  decode: greedy\n  max_decode_len: 12\n", encoding="utf-8")
+    with pytest.warns(FutureWarning) as caught:
+        cfg = load_config(recipe, ["loss.num_negatives=4"])
+    said = " ".join(str(w.message) for w in caught)
+    for old, new in [("model.name", "task"), ("loss.token_weight", "taco.token_weight"),
+                     ("mvgpt.decode", "decode.method"), ("mvgpt.max_decode_len", "decode.max_len"),
+                     ("loss.num_negatives", "taco.num_negatives")]:
+        assert f"'{old}' is now '{new}'" in said
+    assert (cfg.task, cfg.model.width, cfg.taco.token_weight, cfg.taco.num_negatives) == ("mvgpt", 32, 0.25, 4)
+    assert (cfg.decode.method, cfg.decode.max_len) == ("greedy", 12)
+
+
+def test_old_and_new_name_of_one_key_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="'loss.token_weight' and 'taco.token_weight' are the same key"):
+        load_config(None, ["loss.token_weight=0.1", "taco.token_weight=0.2"])
+
+
+def test_a_flat_layout_checkpoint_config_loads_silently():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = config_from_dict({"model": {"name": "taco", "width": 16}, "loss": {"fusion_weight": 0.0}})
+    assert (cfg.task, cfg.model.width, cfg.taco.fusion_weight) == ("taco", 16, 0.0)

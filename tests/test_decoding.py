@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from vidlang import decoding
+from vidlang.models import decoding
 from vidlang.errors import ConfigError
 from vidlang.models.blocks import Encoded
 from vidlang.models.decoder import CaptionDecoder

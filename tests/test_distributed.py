@@ -112,7 +112,8 @@ def test_sum_grads_gather_gives_the_full_gradient_when_each_rank_computes_its_an
 
 
 def test_rank_slices_of_the_stream_make_up_the_one_process_batch(data_dir, tmp_path):
-    from vidlang.train import BatchStream, build_experiment
+    from vidlang.tasks.taco import build_experiment
+    from vidlang.train import BatchStream
 
     exp = build_experiment(tiny_config(tmp_path, data_dir))
     one = BatchStream(exp.train_set, 8, seed=3)
@@ -188,10 +189,10 @@ def _batch(n=6, seed=1):
 
 
 def test_activation_checkpointing_keeps_weights_names_and_gradients():
-    from vidlang.config import LossConfig
+    from vidlang.config import TacoConfig
     from vidlang.train import enable_activation_checkpointing
 
-    batch, loss_cfg = _batch(), LossConfig(num_negatives=3)
+    batch, loss_cfg = _batch(), TacoConfig(num_negatives=3)
     grads = []
     for checkpointed in (False, True):
         model = _tiny_taco(dropout=0.1, text_layers=1).train()
@@ -253,9 +254,9 @@ def parity_on_this_rank(out: Path) -> dict:
     """Run under torchrun: DDP on each rank's slice vs one process on the whole batch, on rank 0."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from vidlang.config import EvalConfig, LossConfig
+    from vidlang.config import EvalConfig, TacoConfig
     from vidlang.data.dataset import VideoTextDataset, collate
-    from vidlang.evaluate import similarity
+    from vidlang.evaluation.retrieval import similarity
 
     assert distributed.init_from_env("gloo") and distributed.world_size() == 2
     rank, results = distributed.rank(), {}
@@ -263,10 +264,10 @@ def parity_on_this_rank(out: Path) -> dict:
     reference = _tiny_taco(dropout=0.0, text_layers=1)
     ddp = DistributedDataParallel(model)
     cases = {
-        "cascade": (8, LossConfig(num_negatives=3)),
-        "cascade-uneven": (7, LossConfig(num_negatives=3)),
-        "random": (8, LossConfig(num_negatives=3, negatives="random")),
-        "paper-literal": (8, LossConfig(num_negatives=2, paper_literal=True, tau_token=0.5)),
+        "cascade": (8, TacoConfig(num_negatives=3)),
+        "cascade-uneven": (7, TacoConfig(num_negatives=3)),
+        "random": (8, TacoConfig(num_negatives=3, negatives="random")),
+        "paper-literal": (8, TacoConfig(num_negatives=2, paper_literal=True, tau_token=0.5)),
     }
     for name, (n, loss_cfg) in cases.items():
         whole = _batch(n, seed=len(results) + 1)
@@ -323,7 +324,7 @@ def mvgpt_on_this_rank(world: Path, out: Path) -> None:
     """Run under torchrun: MV-GPT pretraining straight and in two legs (resumed), then captioning from it."""
     from test_captioning import caption_cfg, pretrain_cfg
 
-    from vidlang.data.narrated import NarratedWorld
+    from vidlang.worlds.narrated import NarratedWorld
     from vidlang.train import train
 
     w = NarratedWorld(world)
@@ -341,7 +342,7 @@ def nan_on_one_rank(world: Path, out: Path) -> None:
     from test_captioning import pretrain_cfg
 
     from vidlang import distributed
-    from vidlang.data.narrated import NarratedWorld
+    from vidlang.worlds.narrated import NarratedWorld
     from vidlang.models.mvgpt import MVGPT
     from vidlang.train import train
 
@@ -430,7 +431,7 @@ def test_mvgpt_trains_and_resumes_under_torchrun(tmp_path):
     from safetensors.torch import load_file
 
     from vidlang import checkpoint as ckpt
-    from vidlang.data.narrated import NarratedConfig, write_narrated_world
+    from vidlang.worlds.narrated import NarratedConfig, write_narrated_world
 
     world = write_narrated_world(tmp_path / "world", NarratedConfig(num_scenes=10, frames=4))
     _torchrun(tmp_path, "mvgpt", str(tmp_path), str(world.root))
@@ -442,7 +443,7 @@ def test_mvgpt_trains_and_resumes_under_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_a_nan_loss_on_one_rank_stops_every_rank(tmp_path):
-    from vidlang.data.narrated import NarratedConfig, write_narrated_world
+    from vidlang.worlds.narrated import NarratedConfig, write_narrated_world
 
     world = write_narrated_world(tmp_path / "world", NarratedConfig(num_scenes=10, frames=4))
     _torchrun(tmp_path, "nan-one-rank", str(tmp_path), str(world.root))  # returns: no rank hangs

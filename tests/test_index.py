@@ -1,4 +1,4 @@
-"""vidlang.index and vidlang.search: stored features, FAISS stage one, cascade, word × time alignment, CLI."""
+"""vidlang.retrieval.index and vidlang.retrieval.query: stored features, FAISS stage one, cascade, word × time alignment, CLI."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +26,7 @@ def loaded(trained_run):
 
 @pytest.fixture(scope="module")
 def index32(loaded, data_dir, tmp_path_factory):
-    from vidlang.index import build_index
+    from vidlang.retrieval.index import build_index
 
     return build_index(loaded, data_dir, tmp_path_factory.mktemp("idx") / "fp32", token_dtype="float32")
 
@@ -36,7 +36,7 @@ def brute(loaded, data_dir):
     """Exact scores by scoring.py on freshly encoded videos: s1, s2, s1+0.5 s2, s1+0.5 s2+s3, per video."""
     from vidlang.api import encode_text, encode_video
     from vidlang.data.features import open_store
-    from vidlang.scoring import score_matrix, sentence_and_token_scores
+    from vidlang.evaluation.scoring import score_matrix, sentence_and_token_scores
 
     store = open_store(data_dir)
     videos, texts = encode_video(loaded, [store[v] for v in store.ids]), encode_text(loaded, QUERY)
@@ -47,7 +47,7 @@ def brute(loaded, data_dir):
 
 
 def test_index_search_equals_brute_force(index32, brute):
-    from vidlang.search import search
+    from vidlang.retrieval.query import search
 
     n = len(brute["ids"])
     hits = search(index32, QUERY, k=n, rerank_topk=n)  # every clip reranked: the paper's exact score
@@ -62,7 +62,7 @@ def test_index_search_equals_brute_force(index32, brute):
 
 
 def test_cascade_reranks_only_the_stage_one_shortlist(index32, brute):
-    from vidlang.search import search
+    from vidlang.retrieval.query import search
 
     hits = search(index32, QUERY, k=24, rerank_topk=5)
     base_top5 = set(torch.topk(brute["base"], 5).indices.tolist())
@@ -79,8 +79,8 @@ def test_cascade_reranks_only_the_stage_one_shortlist(index32, brute):
 
 
 def test_faiss_shortlist_by_s1(index32, brute):
-    from vidlang.index import FaissSettings, build_faiss, s1_vectors
-    from vidlang.search import search
+    from vidlang.retrieval.index import FaissSettings, build_faiss, s1_vectors
+    from vidlang.retrieval.query import search
 
     hits = search(index32, QUERY, k=24, candidates=10, rerank=False)
     assert len(hits) == 10  # only the FAISS shortlist is scored
@@ -96,8 +96,8 @@ def test_faiss_shortlist_by_s1(index32, brute):
 def test_float16_tokens_within_tolerance(loaded, data_dir, brute, tmp_path):
     """fp16 keeps ~11 significant bits (relative error <= 2^-11 per element); s1 uses float32 pooled
     vectors and stays exact, s2/s3 move by well under 1% of their scale."""
-    from vidlang.index import build_index
-    from vidlang.search import search
+    from vidlang.retrieval.index import build_index
+    from vidlang.retrieval.query import search
 
     index = build_index(loaded, data_dir, tmp_path / "fp16")
     assert index.tokens.dtype == np.float16 and isinstance(index.tokens, np.memmap)
@@ -110,7 +110,7 @@ def test_float16_tokens_within_tolerance(loaded, data_dir, brute, tmp_path):
 
 
 def test_index_contents_and_metadata(index32, loaded, data_dir):
-    from vidlang.index import load_index
+    from vidlang.retrieval.index import load_index
 
     meta = json.loads((index32.path / "index.json").read_text())
     assert meta["num_clips"] == 24 and meta["checkpoint"]["path"] == str(loaded.checkpoint.resolve())
@@ -127,8 +127,8 @@ def test_index_contents_and_metadata(index32, loaded, data_dir):
 def test_clip_segments_and_extractor_meta(loaded, tmp_path):
     from vidlang.api import encode_video
     from vidlang.data.features import open_store
-    from vidlang.index import build_index, read_clips
-    from vidlang.search import search
+    from vidlang.retrieval.index import build_index, read_clips
+    from vidlang.retrieval.query import search
 
     data = make_data(tmp_path / "data")
     (data / "meta.json").write_text(json.dumps({"fps": 2.0, "extractor": {"name": "toy", "dim": 8}}))
@@ -148,7 +148,7 @@ def test_clip_segments_and_extractor_meta(loaded, tmp_path):
 
 
 def test_bad_video_fails_or_is_skipped(loaded, tmp_path):
-    from vidlang.index import build_index
+    from vidlang.retrieval.index import build_index
 
     data = make_data(tmp_path / "data")
     feats = np.load(data / "features.npy")
@@ -165,7 +165,7 @@ def test_bad_video_fails_or_is_skipped(loaded, tmp_path):
 def test_index_refuses_another_checkpoint(index32, trained_run, tmp_path):
     from vidlang.api import load_model
     from vidlang.checkpoint import find_checkpoint
-    from vidlang.index import load_index
+    from vidlang.retrieval.index import load_index
 
     src = find_checkpoint(trained_run["out_dir"])
     same, other = tmp_path / "same", tmp_path / "other"
@@ -183,7 +183,7 @@ def test_index_refuses_another_checkpoint(index32, trained_run, tmp_path):
 
 
 def test_atomic_write(loaded, data_dir, tmp_path, monkeypatch):
-    import vidlang.index as vi
+    import vidlang.retrieval.index as vi
 
     out = tmp_path / "idx"
     vi.build_index(loaded, data_dir, out, faiss="none")
@@ -204,7 +204,7 @@ def test_atomic_write(loaded, data_dir, tmp_path, monkeypatch):
 
 
 def test_faiss_recall_on_synthetic_vectors():
-    from vidlang.index import FaissSettings, build_faiss
+    from vidlang.retrieval.index import FaissSettings, build_faiss
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(40, 32))
@@ -226,8 +226,8 @@ def test_alignment_on_a_planted_frame(loaded):
     close to it): the word peaks there, its span is exactly those frames within the margin, and the
     seconds come from the source feature indices."""
     from vidlang.api import encode_text
-    from vidlang.index import ClipIndex
-    from vidlang.search import query_words, search
+    from vidlang.retrieval.index import ClipIndex
+    from vidlang.retrieval.query import query_words, search
 
     query = "a dog eats a cake"
     text = encode_text(loaded, query)
@@ -257,7 +257,7 @@ def test_alignment_on_a_planted_frame(loaded):
 
 
 def test_query_words_fallback(loaded, monkeypatch):
-    import vidlang.search as vs
+    import vidlang.retrieval.query as vs
     from vidlang.errors import VidlangError
 
     assert [w.word for w in vs.query_words(loaded, "the and of")] == ["the", "and", "of"]  # no noun, no verb
@@ -273,7 +273,7 @@ def test_query_words_fallback(loaded, monkeypatch):
 
 def test_search_bad_arguments(index32, loaded):
     from vidlang.errors import ConfigError
-    from vidlang.search import search
+    from vidlang.retrieval.query import search
 
     with pytest.raises(DataError, match="empty"):
         search(index32, "  ")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vidlang import losses
-from vidlang.config import LossConfig, ModelConfig
+from vidlang.config import TacoConfig, ModelConfig
 from vidlang.data.records import Batch
 
 TOL = dict(rtol=1e-10, atol=1e-10)  # torch.testing.assert_close
@@ -186,7 +186,7 @@ def test_hard_negatives_brute_force(n, k):
     gen = torch.Generator().manual_seed(10 + n)
     scores = torch.randperm(n * n, generator=gen).view(n, n).double() / 7.0  # distinct: no ties
     scores.diagonal().add_(1000.0)  # the positive would win every row and column
-    rows, cols = losses.hard_negatives(scores, k)
+    rows, cols = losses.hard_negatives(scores, k), losses.hard_negatives(scores.T, k)
     kk = min(k, n - 1)
     assert rows.shape == cols.shape == (n, kk)
     ref_rows, ref_cols = ref_hard_negatives(scores, kk)
@@ -200,7 +200,7 @@ def test_hard_negatives_brute_force(n, k):
 def test_hard_negatives_leave_input_and_graph_alone():
     scores = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
     before = scores.detach().clone()
-    rows, cols = losses.hard_negatives(scores, 2)
+    rows = losses.hard_negatives(scores, 2)
     assert torch.equal(scores.detach(), before) and not rows.requires_grad
 
 
@@ -310,7 +310,7 @@ def _record_fusion(model, monkeypatch) -> list:
 def test_forward_matches_loops_and_cascade_pairs(taco, batch, monkeypatch):
     taco.eval()
     calls = _record_fusion(taco, monkeypatch)
-    cfg = LossConfig(num_negatives=3)
+    cfg = TacoConfig(num_negatives=3)
     with torch.no_grad():
         out = taco(batch, cfg)
     n, k = len(batch), 3
@@ -344,7 +344,7 @@ def test_forward_matches_loops_and_cascade_pairs(taco, batch, monkeypatch):
 def test_forward_paper_literal(taco, batch):
     taco.eval()
     with torch.no_grad():
-        literal = taco(batch, LossConfig(paper_literal=True, num_negatives=2))
+        literal = taco(batch, TacoConfig(paper_literal=True, num_negatives=2))
         v = taco.encode_video(batch.video, batch.video_mask)
         t = taco.encode_text(batch.input_ids, batch.attention_mask)
     s1 = (t.pooled.double() @ v.pooled.double().T)
@@ -355,22 +355,22 @@ def test_forward_weights_switch_terms_off(taco, batch, monkeypatch):
     taco.eval()
     calls = _record_fusion(taco, monkeypatch)
     with torch.no_grad():
-        full = taco(batch, LossConfig(num_negatives=2))
+        full = taco(batch, TacoConfig(num_negatives=2))
         for off, key in (("sentence_weight", "l1"), ("token_weight", "l2"), ("fusion_weight", "l3")):
             before = len(calls)
-            out = taco(batch, LossConfig(num_negatives=2, **{off: 0.0}))
+            out = taco(batch, TacoConfig(num_negatives=2, **{off: 0.0}))
             assert key not in out
             rest = sum(w * full[k] for k, w in (("l1", 1.0), ("l2", 0.5), ("l3", 1.0)) if k != key)
             assert out["loss"].item() == pytest.approx(rest.item(), rel=1e-5)
             assert (len(calls) == before) == (key == "l3")  # fusion runs only when L3 is on
-        none = taco(batch, LossConfig(sentence_weight=0, token_weight=0, fusion_weight=0))
+        none = taco(batch, TacoConfig(sentence_weight=0, token_weight=0, fusion_weight=0))
     assert none["loss"].item() == 0.0
 
 
 def test_forward_random_negatives_and_train_mode_backward(taco, batch, monkeypatch):
     calls = _record_fusion(taco, monkeypatch)
     taco.train()
-    out = taco(batch, LossConfig(negatives="random", num_negatives=3), generator=torch.Generator().manual_seed(0))
+    out = taco(batch, TacoConfig(negatives="random", num_negatives=3), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out["loss"]) and "l3" in out
     out["loss"].backward()
     grads = [p.grad for p in taco.video.parameters() if p.grad is not None]
@@ -383,14 +383,14 @@ def test_forward_random_negatives_and_train_mode_backward(taco, batch, monkeypat
     for i in range(n):
         assert i not in neg_v[i].tolist() and i not in neg_t[i].tolist()
     with pytest.raises(ValueError, match="negatives"):
-        taco(batch, LossConfig(negatives="nearest"))
+        taco(batch, TacoConfig(negatives="nearest"))
     taco.eval()
 
 
 def test_forward_eval_is_deterministic(taco, batch):
     taco.eval()
     with torch.no_grad():
-        a, b = taco(batch, LossConfig()), taco(batch, LossConfig())
+        a, b = taco(batch, TacoConfig()), taco(batch, TacoConfig())
     for key in ("l1", "l2", "l3", "loss"):
         assert torch.equal(a[key], b[key])
 
@@ -400,6 +400,6 @@ def test_forward_all_zero_token_weights(taco, batch):
     empty = Batch(batch.video, batch.video_mask, batch.input_ids, batch.attention_mask,
                   torch.zeros_like(batch.token_weights), batch.video_ids)
     with torch.no_grad():
-        out = taco(empty, LossConfig(num_negatives=2))
+        out = taco(empty, TacoConfig(num_negatives=2))
     assert out["l2"].item() == 0.0 and out["l2_texts"] == 0
     assert all(torch.isfinite(out[key]) for key in ("l1", "l2", "l3", "loss"))

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import vidlang.io as vio
-from vidlang import metrics
+from vidlang.evaluation import metrics
 from vidlang.errors import DataError
-from vidlang.metrics import retrieval_metrics, t2v_ranks, v2t_ranks
+from vidlang.evaluation.metrics import retrieval_metrics, t2v_ranks, v2t_ranks
 from vidlang.report import (
     atomic_write_text,
     format_mean_std,

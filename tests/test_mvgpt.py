@@ -12,9 +12,9 @@ from vidlang.errors import ConfigError, DataError
 from vidlang.models.mvgpt import MVGPT, parse_objective
 from vidlang.models.vivit import ViViTEncoder
 
-TINY = ["model.name=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2", "model.fusion_layers=1",
+TINY = ["task=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2", "model.fusion_layers=1",
         "model.text_trainable_layers=0", "model.dropout=0", "mvgpt.decoder_layers=1", "mvgpt.decoder_heads=2",
-        "mvgpt.max_decode_len=6"]
+        "decode.max_len=6"]
 
 
 def tiny_cfg(*extra: str):
@@ -186,7 +186,7 @@ def test_generate_methods(model):
     args = (b.video, b.video_mask, b.transcript_ids, b.transcript_mask)
     greedy = model.generate(*args, method="greedy")
     assert len(greedy) == 3 and all(isinstance(t, int) for s in greedy for t in s)
-    assert all(len(s) <= 6 for s in greedy)  # mvgpt.max_decode_len
+    assert all(len(s) <= 6 for s in greedy)  # decode.max_len
     banned = {0, 1, 2, 3, 4, 101, 102, 103}
     assert not banned & {t for s in greedy for t in s}
     assert model.generate(*args, method="beam", beam_size=1) == greedy
@@ -220,7 +220,7 @@ def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="mvgpt.visual"):
         MVGPT(tiny_cfg("mvgpt.visual=s3d"), video_dim=8)
     with pytest.raises(ConfigError, match="top_p"):
-        MVGPT(tiny_cfg("mvgpt.top_p=0"), video_dim=8)
+        MVGPT(tiny_cfg("decode.top_p=0"), video_dim=8)
     with pytest.raises(ConfigError, match="decoder_heads"):
         MVGPT(tiny_cfg("mvgpt.decoder_heads=5"), video_dim=8)
 

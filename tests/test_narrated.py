@@ -1,4 +1,4 @@
-"""Tests of the narrated multi-step world (vidlang.data.narrated)."""
+"""Tests of the narrated multi-step world (vidlang.worlds.narrated)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from vidlang.data import narrated as W
+from vidlang.worlds import narrated as W
 from vidlang.data.dataset import cut_segment
 from vidlang.data.features import open_store
 from vidlang.data.narration import CaptionDataset, collate_captions, read_howto100m
-from vidlang.data.synthetic import clip_features
+from vidlang.worlds.synthetic import clip_features
 from vidlang.errors import ConfigError, DataError
 
 CFG = W.NarratedConfig(num_scenes=12, steps=4, frames=8, size=16, captions_per_step=2, seed=5)

@@ -21,7 +21,7 @@ def test_old_taco_checkpoint_scores_the_same(tmp_path, monkeypatch):
     from vidlang.api import load_model
     from vidlang.data.annotations import read_annotations
     from vidlang.data.features import open_store
-    from vidlang.evaluate import similarity
+    from vidlang.evaluation.retrieval import similarity
 
     monkeypatch.chdir(REPO)  # the fixture's config names its text encoder relative to the repo root
     data = make_data(tmp_path / "data")

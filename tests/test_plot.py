@@ -56,7 +56,7 @@ def test_training_curves_from_summary_json(trained_run, tmp_path):
 
 def test_alignment_heatmap(tmp_path):
     from vidlang.plot import plot_alignment
-    from vidlang.search import SearchHit, WordAlignment
+    from vidlang.retrieval.query import SearchHit, WordAlignment
 
     strip = [0.1, 0.5, 2.0, 0.4]
     hits = [SearchHit(r, f"video{r}", 3.0 - r, 1.0, 1.0, None if r > 1 else 0.5, r, frames=[0, 2, 4, 6],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidlang import scoring
+from vidlang.evaluation import scoring
 from vidlang.config import ModelConfig
 from vidlang.models.blocks import Encoded
 

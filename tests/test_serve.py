@@ -56,8 +56,8 @@ def test_health_and_page(served):
 
 @pytest.mark.parametrize("query", QUERIES)
 def test_search_equals_the_library(served, query):
-    from vidlang.index import load_index
-    from vidlang.search import search
+    from vidlang.retrieval.index import load_index
+    from vidlang.retrieval.query import search
 
     res = get(served, "/api/search", params={"q": query, "k": 5})
     assert res.status_code == 200, res.text
@@ -159,7 +159,7 @@ def test_caption_batcher_batches_concurrent_requests_and_isolates_failures():
     import threading
     import time
 
-    from vidlang.serve import CaptionBatcher
+    from vidlang.serve.app import CaptionBatcher
 
     sizes = []
 
@@ -272,7 +272,7 @@ def test_malformed_uploads_are_4xx(served):
 
 def test_without_a_captioner_captions_are_503(serve_world):
     from helpers import live_server
-    from vidlang.serve import create_app
+    from vidlang.serve.app import create_app
 
     with live_server(create_app(serve_world["index"])) as url:
         served = {"url": url}
@@ -292,7 +292,7 @@ def test_without_a_captioner_captions_are_503(serve_world):
 ])
 def test_uploads_refused_when_the_index_extractor_cannot_run(served, change, message):
     from helpers import live_server
-    from vidlang.serve import create_app
+    from vidlang.serve.app import create_app
 
     state = served["app"].state.vidlang
     meta = json.loads(json.dumps(state.index.meta))
@@ -310,7 +310,7 @@ def test_uploads_refused_when_the_index_extractor_cannot_run(served, change, mes
 def test_a_captioner_of_other_features_is_refused(serve_world, tmp_path):
     from vidlang.api import load_model
     from vidlang.errors import ConfigError
-    from vidlang.serve import create_app
+    from vidlang.serve.app import create_app
 
     captioner = load_model(serve_world["mvgpt"])
     captioner.meta = json.loads(json.dumps(captioner.meta))
@@ -367,7 +367,7 @@ def test_openapi_schema(served):
 def test_index_records_the_extractor_and_refuses_a_mixed_store(served, tmp_path, capsys):
     from vidlang.cli import main
     from vidlang.errors import DataError
-    from vidlang.index import build_index
+    from vidlang.retrieval.index import build_index
 
     meta = json.loads((served["index"] / "index.json").read_text())
     store_meta = json.loads((served["store"] / "meta.json").read_text())
@@ -400,7 +400,7 @@ def test_no_pickle_is_loaded(serve_world, monkeypatch):
     import torch
 
     from helpers import live_server
-    from vidlang.serve import create_app
+    from vidlang.serve.app import create_app
 
     def refuse(*a, **k):
         raise AssertionError("pickle was used")
@@ -421,7 +421,7 @@ def test_no_pickle_is_loaded(serve_world, monkeypatch):
 @pytest.mark.parametrize("content", [b"", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, b"not a video at all"])
 def test_strip_of_a_corrupt_source_video_is_a_data_error(tmp_path, content):
     from vidlang.errors import DataError
-    from vidlang.serve_media import strip_jpeg
+    from vidlang.serve.media import strip_jpeg
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(content)

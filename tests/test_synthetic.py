@@ -1,4 +1,4 @@
-"""Tests of the procedural video-text world (vidlang.data.synthetic)."""
+"""Tests of the procedural video-text world (vidlang.worlds.synthetic)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from vidlang.data import synthetic as S
+from vidlang.worlds import synthetic as S
 from vidlang.errors import ConfigError, DataError
 
 SMALL = S.WorldConfig(num_videos=24, seed=3)

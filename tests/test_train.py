@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from conftest import REPO, make_data, read_annotations_json, tiny_config, tiny_overrides, write_annotations, write_recipe
 from vidlang import checkpoint as ckpt
 from vidlang.errors import CheckpointError, DataError
-from vidlang.train import build_experiment, train
+from vidlang.tasks.taco import build_experiment
+from vidlang.train import train
 
 
 def weights(run: Path, name: str | None = None) -> dict[str, torch.Tensor]:

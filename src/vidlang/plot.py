@@ -42,7 +42,9 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     scalars: dict[str, dict[int, float]] = {}
     tb = run_dir / "tensorboard"
     if tb.is_dir() and any(tb.glob("*tfevents*")):
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.event_accumulator import (
+            EventAccumulator,
+        )
 
         for file in sorted(tb.glob("*tfevents*")):
             acc = EventAccumulator(str(file), size_guidance={"scalars": 0})

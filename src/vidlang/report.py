@@ -136,7 +136,7 @@ def git_dirty() -> bool | None:
 def vidlang_version() -> str:
     """``vidlang.__version__``, else the installed distribution's version, else "0+unknown"."""
     try:
-        from vidlang import __version__  # type: ignore[attr-defined]
+        from vidlang.version import __version__
 
         return str(__version__)
     except (ImportError, AttributeError):

@@ -8,11 +8,9 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,19 +21,12 @@ from tqdm.auto import tqdm
 from vidlang import checkpoint as ckpt
 from vidlang import distributed
 from vidlang.config import Config
-from vidlang.data.dataset import UniqueVideoBatchSampler, VideoTextDataset, collate
-from vidlang.data.sources import open_source
+from vidlang.data.dataset import UniqueVideoBatchSampler, collate
 from vidlang.errors import ConfigError
-from vidlang.evaluate import evaluate_retrieval
 from vidlang.io import atomic_write_text
-from vidlang.models.taco import TACo
 from vidlang.report import git_commit
-from vidlang.text.idf import TokenWeighter
-from vidlang.text.pretrained import load_tokenizer
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("VIDLANG_CACHE", Path.home() / ".cache" / "vidlang"))
+from vidlang.tasks import get_task
+from vidlang.tasks.base import Experiment, Task
 
 
 def pick_device(name: str) -> torch.device:
@@ -48,42 +39,10 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-@dataclass
-class Experiment:
-    """Everything built from a config: data, tokenizer, token weighter and model."""
-
-    cfg: Config
-    train_set: VideoTextDataset
-    val_set: VideoTextDataset | None
-    weighter: TokenWeighter | None  # TACo's token weights (None for MV-GPT)
-    model: torch.nn.Module
-    manifest: dict
-    collate: Callable = collate  # items -> batch
-    meta: dict = field(default_factory=dict)  # more for every checkpoint's meta.json (e.g. MV-GPT's output vocabulary)
-
-
-def build_experiment(cfg: Config) -> Experiment:
-    source = open_source(cfg.data)
-    train_clips = source.split(cfg.data.train_split or "train")
-    val_clips = source.split(cfg.data.val_split) if cfg.data.val_split != "none" else []
-    if not train_clips:
-        raise ConfigError(f"training split '{cfg.data.train_split}' selects no clips from {cfg.data.root}")
-    tokenizer = load_tokenizer(cfg.model.text_encoder)
-    weighter = TokenWeighter.fit(
-        [c.caption for c in train_clips], tags=cfg.loss.pos_tags, cache_path=cache_dir() / "pos_tags.json"
-    )
-    common = dict(max_frames=cfg.data.max_frames, max_words=cfg.data.max_words, skip_bad=cfg.data.skip_bad)
-    train_set = VideoTextDataset(train_clips, source.store, tokenizer, token_weighter=weighter, **common)
-    val_set = VideoTextDataset(val_clips, source.store, tokenizer, token_weighter=weighter, **common) if val_clips else None
-    torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
-    model = TACo(cfg.model, source.store.dim)
-    manifest = source.manifest(train=train_set.clips, validation=val_set.clips if val_set else [])
-    manifest["skipped_by_dataset"] = {"train": dict(train_set.skipped), "validation": dict(val_set.skipped) if val_set else {}}
-    return Experiment(cfg, train_set, val_set, weighter, model, manifest)
-
-
-def make_optimizer(model: TACo, cfg) -> torch.optim.Optimizer:
-    text = [p for p in model.text.bert.parameters() if p.requires_grad]
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """Adam(W) over the trainable parameters; a model's pretrained text encoder gets ``train.text_lr``."""
+    pretrained = getattr(model, "pretrained_text_parameters", lambda: [])()
+    text = [p for p in pretrained if p.requires_grad]
     text_ids = {id(p) for p in text}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in text_ids]
     groups = [{"params": rest, "lr": cfg.lr}]
@@ -115,7 +74,7 @@ class BatchStream:
     ``shard_bounds(len(batch), world, rank)``, so the ranks' slices make up the one-process batch.
     """
 
-    def __init__(self, dataset: VideoTextDataset, batch_size: int, seed: int, num_workers: int = 0,
+    def __init__(self, dataset, batch_size: int, seed: int, num_workers: int = 0,
                  rank: int = 0, world: int = 1, collate_fn: Callable = collate):
         self.dataset, self.collate_fn = dataset, collate_fn
         self.sampler = UniqueVideoBatchSampler(dataset, batch_size, drop_last=len(dataset.videos) > batch_size, seed=seed)
@@ -153,45 +112,22 @@ class BatchStream:
         return batch
 
 
-# ----------------------------------------------------------------------------- the model-specific part
-@dataclass(frozen=True)
-class LossStep:
-    """What the loop needs of a model kind: its checkpoint name, how to build its experiment, the
-    forward that returns the loss dict (``objective`` to backward, ``loss`` and the ``log_keys`` to
-    report), its validation (metrics dict; ``show_keys`` printed), a hook run before each step, and
-    whether some trainable parameters may get no gradient (DDP must then look for them)."""
+def score_test_split(task: Task, exp: Experiment, cfg: Config, out_dir: Path, device, multi: bool) -> dict:
+    """``data.test_split``, scored once at the end with the best checkpoint (the last without
+    validation), written to ``results/test.json`` stamped "test"."""
+    from vidlang.report import write_result_json
 
-    name: str
-    forward: Callable[..., dict]  # (model, batch, cfg, generator, shard) -> dict
-    log_keys: tuple[str, ...]
-    unused_parameters: Callable[[Config], bool]
-    build: Callable[[Config], Experiment]
-    evaluate: Callable[..., dict]  # (model, val_set, cfg, device, distributed) -> metrics
-    show_keys: Callable[[Config], tuple[str, ...]]
-    before_step: Callable[[torch.nn.Module, int], None] = lambda model, step: None
-
-
-TACO_STEP = LossStep(
-    name="taco",
-    forward=lambda model, batch, cfg, generator, shard: model(batch, cfg.loss, generator, shard=shard),
-    log_keys=("loss", "l1", "l2", "l3"),
-    unused_parameters=lambda cfg: not cfg.loss.fusion_weight,  # the fusion encoder is then unused
-    build=build_experiment,
-    evaluate=lambda model, data, cfg, device, distributed: evaluate_retrieval(model, data, cfg.eval, device=device,
-                                                                             distributed=distributed),
-    show_keys=lambda cfg: ("t2v_R@1", "t2v_R@5", "v2t_R@1"),
-)
-
-
-def step_for(cfg: Config) -> LossStep:
-    """The LossStep of ``model.name``."""
-    if cfg.model.name == "taco":
-        return TACO_STEP
-    if cfg.model.name == "mvgpt":
-        from vidlang.captioning import MVGPT_STEP
-
-        return MVGPT_STEP
-    raise ConfigError(f"model.name must be 'taco' or 'mvgpt', not {cfg.model.name!r}")
+    chosen = ckpt.find_checkpoint(out_dir, "best")
+    ckpt.load_weights(exp.model, chosen)
+    metrics = task.evaluate(exp.model, exp.test_set, cfg, device, multi)
+    result = {"split": "test", "spec": cfg.data.test_split, "checkpoint": chosen.name, "metrics": metrics,
+              "ids_sha256": exp.manifest.get("test", {}).get("ids_sha256")}
+    if distributed.is_main():
+        write_result_json(out_dir / "results" / "test.json", metrics, split=f"test:{cfg.data.test_split}",
+                          scoring=task.scoring(cfg),
+                          config=cfg.to_dict(), extra={k: v for k, v in result.items() if k != "metrics"})
+        print("test split (scored once): " + "  ".join(f"{k} {metrics[k]:.3g}" for k in task.show_keys(cfg) if k in metrics))
+    return result
 
 
 def lower_is_better(metric: str) -> bool:
@@ -234,7 +170,10 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> int:
     (torch.utils.checkpoint, non-reentrant: dropout masks are replayed). Hugging Face encoders use
     their own switch. Weights and their names are unchanged. Returns the number of layers wrapped."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-        CheckpointWrapper, apply_activation_checkpointing, checkpoint_wrapper)
+        CheckpointWrapper,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
     from transformers import PreTrainedModel
 
     if any(isinstance(m, CheckpointWrapper) for m in model.modules()):
@@ -267,21 +206,21 @@ def _rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank  # each rank its own dropout stream; rank 0 keeps the one-process stream
 
 
-def train(cfg: Config, experiment: Experiment | None = None, progress: bool = True, step_fn: LossStep | None = None) -> dict:
-    """Train (or resume) ``cfg``. Under torchrun every rank calls this; ``train.batch_size`` is the
-    global batch, split over the ranks (docs/distributed.md)."""
+def train(cfg: Config, experiment: Experiment | None = None, progress: bool = True, task: Task | None = None) -> dict:
+    """Train (or resume) ``cfg`` with its task (``cfg.task``, or ``task``). Under torchrun every rank
+    calls this; ``train.batch_size`` is the global batch, split over the ranks (docs/distributed.md)."""
     t_cfg = cfg.train
     out_dir = Path(t_cfg.out_dir)
     accum = t_cfg.grad_accum_steps
     if accum < 1:
         raise ConfigError(f"train.grad_accum_steps must be >= 1, got {accum}")
-    step_fn = step_fn or step_for(cfg)
+    task = task or get_task(cfg.task)
     multi = distributed.init_from_env(t_cfg.dist_backend, pick_device(t_cfg.device))
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     torch.manual_seed(t_cfg.seed)
     if t_cfg.threads:
         torch.set_num_threads(t_cfg.threads)
-    exp = experiment or step_fn.build(cfg)
+    exp = experiment or task.build(cfg)
     if multi and min(t_cfg.batch_size, len(exp.train_set.videos)) < world:
         raise ConfigError(f"train.batch_size={t_cfg.batch_size} and {len(exp.train_set.videos)} training videos "
                           f"must each be at least the number of processes ({world})")
@@ -299,7 +238,7 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
 
     resume_from = ckpt.latest_checkpoint(out_dir)
     if resume_from is not None:
-        ckpt.read_meta(resume_from, expect_model=step_fn.name)
+        ckpt.read_meta(resume_from, expect_model=task.model)
         ckpt.load_weights(model, resume_from)
         state = ckpt.load_state(resume_from)
         optimizer.load_state_dict(state["optimizer"])
@@ -317,13 +256,15 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
             torch.manual_seed(_rank_seed(t_cfg.seed, rank) + state["step"])
         negatives_rng.set_state(state["negatives_rng"])
         step, best, history = state["step"], state["best"], state["history"]
+        if main:  # a kill may have left the pointer behind the state that chose it
+            ckpt.point_best(out_dir, best["step"])
         counts.update(state["counts"])
         if main:
             print(f"resuming from {resume_from} at step {step}"
                   + (f" (saved by {len(ranks_rng)} processes, now {world})" if len(ranks_rng) != world else ""))
     elif t_cfg.init_from:
         source = ckpt.find_checkpoint(t_cfg.init_from)
-        ckpt.read_meta(source, expect_model=step_fn.name)
+        ckpt.read_meta(source, expect_model=task.model)
         ckpt.load_weights(model, source)
         if main:
             print(f"starting from the weights of {source}")
@@ -337,7 +278,7 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
         no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
             else "broadcast_buffers"
         runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                         find_unused_parameters=step_fn.unused_parameters(cfg), **{no_sync: False})
+                                         find_unused_parameters=task.unused_parameters(cfg), **{no_sync: False})
 
     writer = None
     if main:
@@ -345,16 +286,18 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
         atomic_write_text(out_dir / "config.yaml", config_yaml)
         writer = _summary_writer(out_dir)
     meta = {
-        "model": step_fn.name,
+        "model": task.model,
+        "task": task.name,
         "video_dim": model.video_dim,
         "git_commit": git_commit(),
         "init_from": str(t_cfg.init_from) if t_cfg.init_from else None,
         "data_manifest": exp.manifest,
-        **({"token_weighter": exp.weighter.state_dict()} if exp.weighter is not None else {}),
         **exp.meta,
     }
 
-    def save() -> Path | None:
+    train_ids = "".join(f"{v}\n" for v in exp.train_ids)
+
+    def save(is_best: bool = False) -> Path | None:
         rng_states = distributed.all_gather_object(torch.get_rng_state())  # every rank takes part
         if not main:
             return None
@@ -371,17 +314,18 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
         }
         if multi:
             state["torch_rng_ranks"] = rng_states
-        return ckpt.save_checkpoint(out_dir, step, model, {**meta, "best": best, "world_size": world}, config_yaml, state)
+        return ckpt.save_checkpoint(out_dir, step, model, {**meta, "best": best, "world_size": world}, config_yaml, state,
+                                    files={ckpt.TRAIN_IDS: train_ids}, best=is_best)
 
     def loss_fn(batch):
         shard = distributed.batch_shard(len(batch))
-        return {**step_fn.forward(runner, batch, cfg, negatives_rng, shard), "batch_size": shard.total}
+        return {**task.forward(runner, batch, cfg, negatives_rng, shard), "batch_size": shard.total}
 
     bar = tqdm(total=t_cfg.steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t_cfg.bf16)
     tic, clips_seen = time.perf_counter(), 0
     while step < t_cfg.steps:
-        step_fn.before_step(model, step)
+        task.before_step(model, step)
         model.train()
         optimizer.zero_grad(set_to_none=True)
         batches = (next(stream).to(device) for _ in range(accum))
@@ -395,9 +339,9 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
         clips = sum(o["batch_size"] for o in outs)
         clips_seen += clips
         counts["clips"] += clips
-        if "l2_texts" in outs[0]:
-            counts["l2_skipped_no_token_of_interest"] += clips - sum(o["l2_texts"] for o in outs)
-        logged = {k: sum(float(o[k]) for o in outs) / accum for k in step_fn.log_keys if k in outs[0]}
+        for o in outs:
+            counts.update(o.get("counts", {}))
+        logged = {k: sum(float(o[k]) for o in outs) / accum for k in task.log_keys if k in outs[0]}
         rate = clips_seen / (time.perf_counter() - tic)
         bar.update(1)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", clips_s=f"{rate:.0f}")
@@ -408,29 +352,28 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
             writer.add_scalar("train/clips_per_s", rate, step)
         evaluate_now = exp.val_set is not None and t_cfg.eval_every and (step % t_cfg.eval_every == 0 or step == t_cfg.steps)
         if evaluate_now:  # every rank scores its share; all get the same metrics
-            metrics = step_fn.evaluate(model, exp.val_set, cfg, device, multi)
+            metrics = task.evaluate(model, exp.val_set, cfg, device, multi)
             if cfg.eval.metric not in metrics:
-                raise ConfigError(f"eval.metric={cfg.eval.metric!r} is not a validation metric of {step_fn.name} "
+                raise ConfigError(f"eval.metric={cfg.eval.metric!r} is not a validation metric of {task.name} "
                                   f"(it reports {sorted(metrics)})")
             history.append({"step": step, **metrics})
             if writer is not None:
                 for key, value in metrics.items():
                     writer.add_scalar(f"val/{key}", value, step)
             if main:
-                bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.3g}" for k in step_fn.show_keys(cfg) if k in metrics))
+                bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.3g}" for k in task.show_keys(cfg) if k in metrics))
         if evaluate_now or step % t_cfg.save_every == 0 or step == t_cfg.steps:
             if evaluate_now and improved(metrics[cfg.eval.metric], best, cfg.eval.metric):
                 best = {"metric": metrics[cfg.eval.metric], "step": step, "metrics": metrics}
-                saved = save()
-                if main:
-                    ckpt.mark_best(out_dir, saved)
+                save(is_best=True)
             else:
                 save()
     bar.close()
     if writer is not None:
         writer.close()
-    summary = {"steps": step, "best": best, "history": history, "counts": dict(counts),
-               "weighter_stats": dict(exp.weighter.stats) if exp.weighter is not None else {}}
+    summary = {"steps": step, "best": best, "history": history, "counts": dict(counts), **exp.summary()}
+    if exp.test_set is not None:  # scored once, with the checkpoint validation chose (else the last)
+        summary["test"] = score_test_split(task, exp, cfg, out_dir, device, multi)
     if main:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float))
     distributed.barrier()  # the last checkpoint is complete before any rank goes on (e.g. to resume)

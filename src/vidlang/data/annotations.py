@@ -34,7 +34,7 @@ YOUCOOK2_SUBSETS = {"training": "training", "train": "training", "validation": "
 
 
 # ----------------------------------------------------------------------------- low-level reading
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """Read a file (or the single json inside a .zip) and decode it as UTF-8.
 
     Undecodable bytes become lone surrogates (``surrogateescape``) so that the record
@@ -66,15 +66,15 @@ def _is_utf8(text: str) -> bool:
         return False
 
 
-def _load_json(path: Path) -> Any:
-    text = _read_text(path)
+def load_json(path: Path) -> Any:
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"cannot parse JSON in {path}: {e}") from e
 
 
-class _Maker:
+class ClipMaker:
     """Builds validated Clips for one file; raises or skips+counts bad records."""
 
     def __init__(self, path: Path, skip_bad: bool, counter: Counter | None):
@@ -148,13 +148,13 @@ def read_msrvtt(path: PathLike, split: str | None = None, *, skip_bad: bool = Fa
     path = Path(path)
     if path.is_dir():
         path = path / "annotations.json"
-    return _parse_msrvtt(_load_json(path), path, split, skip_bad, counter)
+    return _parse_msrvtt(load_json(path), path, split, skip_bad, counter)
 
 
 def _parse_msrvtt(data: Any, path: Path, split: str | None, skip_bad: bool,
                   counter: Counter | None) -> list[Clip]:
     _check_split(split, MSRVTT_SPLITS, "read_msrvtt")
-    make = _Maker(path, skip_bad, counter)
+    make = ClipMaker(path, skip_bad, counter)
     clips: list[Clip] = []
     if isinstance(data, dict) and "videos" in data and "sentences" in data:  # official schema
         try:
@@ -190,7 +190,7 @@ def read_id_list(path: PathLike) -> list[str]:
     Duplicates are dropped, keeping first-appearance order.
     """
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path)
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
@@ -218,16 +218,16 @@ def read_youcook2(path: PathLike, split: str | None = None, *, skip_bad: bool = 
     ``split`` is a subset name (training / validation / testing; train / val also accepted).
     """
     path = Path(path)
-    return _parse_youcook2(_load_json(path), path, split, skip_bad, counter)
+    return parse_youcook2(load_json(path), path, split, skip_bad, counter)
 
 
-def _parse_youcook2(data: Any, path: Path, split: str | None, skip_bad: bool,
+def parse_youcook2(data: Any, path: Path, split: str | None, skip_bad: bool,
                     counter: Counter | None) -> list[Clip]:
     _check_split(split, YOUCOOK2_SUBSETS, "read_youcook2")
     want = YOUCOOK2_SUBSETS[split] if split is not None else None
     if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
         raise DataError(f"{path} is not a YouCook2 annotation file (no 'database' object)")
-    make = _Maker(path, skip_bad, counter)
+    make = ClipMaker(path, skip_bad, counter)
     clips: list[Clip] = []
     for vid, rec in data["database"].items():
         subset = rec.get("subset") if isinstance(rec, dict) else None
@@ -255,14 +255,14 @@ def read_activitynet(path: PathLike, paragraph: bool = True, *, skip_bad: bool =
     ``paragraph=False``: one Clip per sentence with its [start, end].
     """
     path = Path(path)
-    return _parse_activitynet(_load_json(path), path, paragraph, skip_bad, counter)
+    return parse_activitynet(load_json(path), path, paragraph, skip_bad, counter)
 
 
-def _parse_activitynet(data: Any, path: Path, paragraph: bool, skip_bad: bool,
+def parse_activitynet(data: Any, path: Path, paragraph: bool, skip_bad: bool,
                        counter: Counter | None) -> list[Clip]:
     if not isinstance(data, dict):
         raise DataError(f"{path} is not an ActivityNet Captions file (expected a JSON object)")
-    make = _Maker(path, skip_bad, counter)
+    make = ClipMaker(path, skip_bad, counter)
     clips: list[Clip] = []
     for vid, rec in data.items():
         if not isinstance(rec, dict) or not isinstance(rec.get("sentences"), list) \
@@ -289,9 +289,9 @@ def _parse_activitynet(data: Any, path: Path, paragraph: bool, skip_bad: bool,
 def read_jsonl(path: PathLike, *, skip_bad: bool = False, counter: Counter | None = None) -> list[Clip]:
     """One JSON object per line: ``video_id``, ``caption``, optional ``start``, ``end``, ``split``."""
     path = Path(path)
-    make = _Maker(path, skip_bad, counter)
+    make = ClipMaker(path, skip_bad, counter)
     clips: list[Clip] = []
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -322,16 +322,16 @@ def read_annotations(path: PathLike, **kw: Any) -> list[Clip]:
         return read_jsonl(path, **kw)
     if name.endswith((".txt", ".csv")):
         raise DataError(f"{path} looks like an id list: read it with read_id_list and use filter_clips")
-    data = _load_json(path)
+    data = load_json(path)
     parse = None
     if isinstance(data, dict):
         first = next(iter(data.values()), None)
         if "database" in data:
-            parse, defaults = _parse_youcook2, {"split": None}
+            parse, defaults = parse_youcook2, {"split": None}
         elif ("videos" in data and "sentences" in data) or (isinstance(first, dict) and "captions" in first):
             parse, defaults = _parse_msrvtt, {"split": None}
         elif isinstance(first, dict) and "timestamps" in first:
-            parse, defaults = _parse_activitynet, {"paragraph": True}
+            parse, defaults = parse_activitynet, {"paragraph": True}
     if parse is None:
         raise DataError(f"cannot tell the annotation format of {path} (MSR-VTT, YouCook2, "
                         "ActivityNet Captions json or .jsonl expected)")

@@ -91,7 +91,7 @@ def _read_meta(folder: Path) -> dict:
 ENTRY_SUFFIX = ".meta.json"
 
 
-def _differing(a: dict, b: dict) -> str:
+def differing_keys(a: dict, b: dict) -> str:
     keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
     return "; ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys)
 
@@ -125,10 +125,10 @@ def check_extractor(folder: Path, ids: list[str], meta: dict) -> dict | None:
     for vid, rec in records.items():
         if rec != ref:
             raise DataError(f"feature store {folder} mixes features from different extractors: videos {first!r} "
-                            f"and {vid!r} differ in {_differing(ref, rec)}")
+                            f"and {vid!r} differ in {differing_keys(ref, rec)}")
     if stored is not None and stored != ref:
         raise DataError(f"feature store {folder}: meta.json and video {first!r} name different extractors "
-                        f"({_differing(stored, ref)})")
+                        f"({differing_keys(stored, ref)})")
     return ref
 
 

@@ -32,8 +32,19 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from vidlang.data.annotations import _load_json, _Maker, _parse_activitynet, _parse_youcook2, _read_text
-from vidlang.data.dataset import VideoTextDataset, cut_segment, pad_videos, sample_frames
+from vidlang.data.annotations import (
+    ClipMaker,
+    load_json,
+    parse_activitynet,
+    parse_youcook2,
+    read_text,
+)
+from vidlang.data.dataset import (
+    VideoTextDataset,
+    cut_segment,
+    pad_videos,
+    sample_frames,
+)
 from vidlang.data.features import FeatureStore
 from vidlang.data.records import CaptionBatch, Clip
 from vidlang.errors import ConfigError, DataError
@@ -56,7 +67,7 @@ Streams = dict[str, list[Utterance]]
 
 
 # ----------------------------------------------------------------------------- readers
-def _add(streams: Streams, make: _Maker, vid: Any, text: Any, start: Any, end: Any) -> None:
+def _add(streams: Streams, make: ClipMaker, vid: Any, text: Any, start: Any, end: Any) -> None:
     """Validate one segment and append it; empty text is always skipped and counted."""
     if isinstance(text, str) and not text.strip():
         make.counter["empty_utterance"] += 1
@@ -87,14 +98,14 @@ def read_howto100m(path: PathLike, *, skip_bad: bool = False, counter: Counter |
         except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
             raise DataError(f"cannot unpickle transcript file {path}: {e}") from e
     else:
-        data = _load_json(path)
+        data = load_json(path)
     return _parse_howto100m(data, path, skip_bad, counter)
 
 
 def _parse_howto100m(data: Any, path: Path, skip_bad: bool, counter: Counter | None) -> Streams:
     if not isinstance(data, dict):
         raise DataError(f"{path} is not a HowTo100M caption file (expected {{video_id: {{start, end, text}}}})")
-    make = _Maker(path, skip_bad, counter)
+    make = ClipMaker(path, skip_bad, counter)
     streams: Streams = {}
     for vid, rec in data.items():
         cols = [rec.get(k) if isinstance(rec, dict) else None for k in ("start", "end", "text")]
@@ -110,9 +121,9 @@ def _parse_howto100m(data: Any, path: Path, skip_bad: bool, counter: Counter | N
 def read_transcript_jsonl(path: PathLike, *, skip_bad: bool = False, counter: Counter | None = None) -> Streams:
     """One JSON object per line: ``video_id``, ``text`` (or ``caption``), ``start``, ``end``."""
     path = Path(path)
-    make = _Maker(path, skip_bad, counter)
+    make = ClipMaker(path, skip_bad, counter)
     streams: Streams = {}
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -154,12 +165,12 @@ def read_transcripts(path: PathLike, fmt: str | None = None, *, skip_bad: bool =
         return read_transcript_jsonl(path, skip_bad=skip_bad, counter=counter)
     if fmt == "howto100m" or (fmt is None and name.endswith((".pkl", ".pickle"))):
         return read_howto100m(path, skip_bad=skip_bad, counter=counter, allow_pickle=allow_pickle)
-    data = _load_json(path)  # parsed once, then handed to the format's parser
+    data = load_json(path)  # parsed once, then handed to the format's parser
     first = next(iter(data.values()), None) if isinstance(data, dict) else None
     if fmt == "youcook2" or (fmt is None and isinstance(data, dict) and "database" in data):
-        clips = _parse_youcook2(data, path, None, skip_bad, counter)
+        clips = parse_youcook2(data, path, None, skip_bad, counter)
     elif fmt == "activitynet" or (fmt is None and isinstance(first, dict) and "timestamps" in first):
-        clips = _parse_activitynet(data, path, False, skip_bad, counter)
+        clips = parse_activitynet(data, path, False, skip_bad, counter)
     elif fmt is None and isinstance(first, dict) and "text" in first and "start" in first:
         return _parse_howto100m(data, path, skip_bad, counter)
     else:
@@ -240,6 +251,18 @@ def pair_utterances(streams: Mapping[str, list[Utterance]], *, min_words: int = 
 
 
 # ----------------------------------------------------------------------------- evaluation helpers
+def attach_transcripts(clips: list[Clip], streams: Streams) -> list[Clip]:
+    """Give each clip the text of its video's utterances whose midpoint lies in the clip's span
+    (all of them for an untimed clip), joined by spaces; None when there is none."""
+    out = []
+    for c in clips:
+        lo = -np.inf if c.start is None else c.start
+        hi = np.inf if c.end is None else c.end
+        words = [u.text for u in streams.get(c.video_id, []) if lo <= (u.start + u.end) / 2 <= hi]
+        out.append(Clip(c.video_id, c.caption, c.start, c.end, c.split, " ".join(words) or None))
+    return out
+
+
 def clip_key(clip: Clip) -> str:
     """The id a caption is scored under: the video id, plus ``@start-end`` for a segment."""
     if clip.start is None and clip.end is None:

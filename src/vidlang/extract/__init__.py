@@ -4,7 +4,13 @@
 :class:`Backbone` over them and writes an npy-folder store that :func:`vidlang.data.features.open_store`
 reads directly.
 """
-from vidlang.extract.backbones import Backbone, ClipBackbone, ResNetBackbone, TinyBackbone, load_backbone
+from vidlang.extract.backbones import (
+           Backbone,
+           ClipBackbone,
+           ResNetBackbone,
+           TinyBackbone,
+           load_backbone,
+)
 from vidlang.extract.run import extract_features, format_summary
 from vidlang.extract.video import Sampling, decode_video, list_videos
 

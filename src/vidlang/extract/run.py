@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vidlang.data.features import ENTRY_SUFFIX, _differing, validate_features
+from vidlang.data.features import ENTRY_SUFFIX, differing_keys, validate_features
 from vidlang.errors import ConfigError, DataError
 from vidlang.extract.backbones import Backbone, load_backbone
 from vidlang.extract.video import Sampling, decode_video, list_videos, window_indices
@@ -40,9 +40,9 @@ UNTRAINED_WARNING = "features from an UNTRAINED backbone (fixed random weights):
 
 
 def _version() -> str:
-    import vidlang
+    from vidlang.version import __version__
 
-    return vidlang.__version__
+    return __version__
 
 
 def _decode_job(path: Path, sampling: Sampling, frame_size: int) -> tuple[np.ndarray | None, Any]:
@@ -82,7 +82,7 @@ def _decoded(items: list[tuple[str, Path]], sampling: Sampling, frame_size: int,
                 fut.cancel()
 
 
-def _embed(backbone: Backbone, frames: np.ndarray, sampling: Sampling, batch_size: int) -> np.ndarray:
+def embed_frames(backbone: Backbone, frames: np.ndarray, sampling: Sampling, batch_size: int) -> np.ndarray:
     feats = np.concatenate([backbone(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)])
     if sampling.mode != "windows":
         return feats
@@ -126,7 +126,7 @@ def _prepare_store(out: Path, extractor: dict, sampling: Sampling) -> None:
             raise DataError(f"{out} already holds features not written by vidlang extract; choose another --out")
         if old is not None and old != extractor:
             raise DataError(f"refusing to mix extractors in feature store {out}: its features were extracted "
-                            f"differently (stored vs this run: {_differing(old, extractor)}); write to another --out")
+                            f"differently (stored vs this run: {differing_keys(old, extractor)}); write to another --out")
     elif out.is_dir() and any(out.glob("*.npy")):
         raise DataError(f"{out} already holds .npy files but no meta.json (not written by vidlang extract); "
                         "choose another --out")
@@ -208,7 +208,7 @@ def extract_features(
     try:
         for vid, path, frames, info in _decoded(todo, sampling, frame_size, workers):
             if frames is not None:
-                feats = _embed(bb, frames, sampling, batch_size)
+                feats = embed_frames(bb, frames, sampling, batch_size)
                 if np.isfinite(feats).all():
                     _write_entry(out, vid, path, feats, info, extractor, sampling)
                     summary["done"].append(vid)

@@ -19,7 +19,7 @@ class Encoded:
     pooled: torch.Tensor  # (B, d)
 
 
-def _transformer(width: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
+def transformer_stack(width: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(
         width, heads, dim_feedforward=4 * width, dropout=dropout, activation="gelu", batch_first=True
     )
@@ -44,7 +44,7 @@ class VideoEncoder(nn.Module):
         self.position = nn.Embedding(max_positions, width)
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
-        self.layers = _transformer(width, heads, layers, dropout) if layers > 0 else None
+        self.layers = transformer_stack(width, heads, layers, dropout) if layers > 0 else None
         nn.init.normal_(self.position.weight, std=0.02)  # BERT-style: N(0, 1) would drown the features
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> Encoded:
@@ -144,7 +144,7 @@ class FusionEncoder(nn.Module):
         self.position = nn.Embedding(max_positions, width)
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
-        self.layers = _transformer(width, heads, layers, dropout)
+        self.layers = transformer_stack(width, heads, layers, dropout)
         nn.init.normal_(self.token_type.weight, std=0.02)
         nn.init.normal_(self.position.weight, std=0.02)
 

@@ -22,10 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidlang import decoding, losses
+from vidlang import losses
 from vidlang.data.records import CaptionBatch
 from vidlang.errors import ConfigError, DataError
-from vidlang.models.blocks import Encoded, FusionEncoder, TextEncoder, VideoEncoder, masked_mean
+from vidlang.models import decoding
+from vidlang.models.blocks import (
+    Encoded,
+    FusionEncoder,
+    TextEncoder,
+    VideoEncoder,
+    masked_mean,
+)
 from vidlang.models.decoder import CaptionDecoder
 from vidlang.models.vivit import ViViTEncoder
 
@@ -61,14 +68,14 @@ class MVGPT(nn.Module):
     def __init__(self, cfg, video_dim: int, load_text_weights: bool = True):
         """``cfg``: a vidlang Config (its ``model`` and ``mvgpt`` sections)."""
         super().__init__()
-        m, g = cfg.model, cfg.mvgpt
+        m, g, d = cfg.model, cfg.mvgpt, cfg.decode
         self.cfg, self.video_dim = cfg, video_dim
         self.parts = parse_objective(g.objective)
         if g.output_vocab not in ("full", "train"):
             raise ConfigError(f"mvgpt.output_vocab must be 'full' or 'train', not {g.output_vocab!r}")
         if not 0.0 <= g.mask_prob <= 1.0:
             raise ConfigError(f"mvgpt.mask_prob must be in [0, 1], got {g.mask_prob}")
-        decoding.check_settings(g.decode, g.max_decode_len, g.beam_size, g.top_p, g.temperature, g.no_repeat_ngram)
+        decoding.check_settings(d.method, d.max_len, d.beam_size, d.top_p, d.temperature, d.no_repeat_ngram)
         self.ids = self._special_ids(m.text_encoder)
 
         # 1. multimodal encoder
@@ -88,7 +95,7 @@ class MVGPT(nn.Module):
                                     m.dropout)
         # 2. decoder, tied to the text encoder's word embeddings
         self.decoder = CaptionDecoder(self.text.bert.get_input_embeddings(), width, g.decoder_layers, g.decoder_heads,
-                                      max(text_positions, g.max_decode_len + 1), m.dropout)
+                                      max(text_positions, d.max_len + 1), m.dropout)
         # MLM-E's transform before the tied head (BERT's MLM head); kept in every model so checkpoints match
         self.mlm_e_head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width))
         self.visual_frozen = False
@@ -154,6 +161,10 @@ class MVGPT(nn.Module):
     def _teacher(self, ids: torch.Tensor, mask: torch.Tensor, bos: str):
         """Decoder input ([BOSx] w_1 .. w_n) and labels (w_1 .. w_n [SEP]) of '[CLS] w_1 .. w_n [SEP]'."""
         return _with_first(ids[:, :-1], self.ids[bos]), ids[:, 1:], mask[:, 1:]
+
+    def pretrained_text_parameters(self):
+        """The pretrained text encoder's weights (the optimizer gives them ``train.text_lr``)."""
+        return self.text.bert.parameters()
 
     def forward(self, batch: CaptionBatch, generator: torch.Generator | None = None) -> dict:
         """Losses of ``mvgpt.objective`` on a batch; ``out["loss"]`` (= ``out["objective"]``) is their
@@ -240,22 +251,22 @@ class MVGPT(nn.Module):
         """Caption each clip by the FG path: [CLS1] transcript + frames -> [BOS1] ... [SEP].
 
         ``method`` and the ``settings`` (max_len, beam_size, length_penalty, no_repeat_ngram, top_p,
-        temperature) default to the ``mvgpt`` config. Returns WordPiece ids without [BOS1] and [SEP].
+        temperature) default to the ``decode`` config. Returns WordPiece ids without [BOS1] and [SEP].
         Call ``model.eval()`` first (dropout stays on in training mode).
         """
-        g = self.cfg.mvgpt
-        method = method or g.decode
+        g, d = self.cfg.mvgpt, self.cfg.decode
+        method = method or d.method
         if not g.use_transcript:
             transcript_ids = torch.tensor([[self.ids["cls"], self.ids["sep"]]], device=video.device).expand(len(video), 2)
             transcript_mask = torch.ones_like(transcript_ids)
         memory = self.encode(video, video_mask, transcript_ids, transcript_mask)
-        common = {"max_len": settings.pop("max_len", g.max_decode_len),
-                  "no_repeat_ngram": settings.pop("no_repeat_ngram", g.no_repeat_ngram)}
+        common = {"max_len": settings.pop("max_len", d.max_len),
+                  "no_repeat_ngram": settings.pop("no_repeat_ngram", d.no_repeat_ngram)}
         if method == "beam":
-            common |= {"beam_size": settings.pop("beam_size", g.beam_size),
-                       "length_penalty": settings.pop("length_penalty", g.length_penalty)}
+            common |= {"beam_size": settings.pop("beam_size", d.beam_size),
+                       "length_penalty": settings.pop("length_penalty", d.length_penalty)}
         elif method == "nucleus":
-            common |= {"top_p": settings.pop("top_p", g.top_p), "temperature": settings.pop("temperature", g.temperature),
+            common |= {"top_p": settings.pop("top_p", d.top_p), "temperature": settings.pop("temperature", d.temperature),
                        "generator": generator}
         if settings:
             raise ConfigError(f"decoding settings {sorted(settings)} do not apply to method {method!r}")

@@ -11,10 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidlang import losses
-from vidlang.config import LossConfig, ModelConfig
+from vidlang.config import ModelConfig, TacoConfig
 from vidlang.data.records import Batch
 from vidlang.distributed import Shard
-from vidlang.models.blocks import Encoded, FusionEncoder, TextEncoder, VideoEncoder, select
+from vidlang.models.blocks import (
+    Encoded,
+    FusionEncoder,
+    TextEncoder,
+    VideoEncoder,
+    select,
+)
 
 
 class TACo(nn.Module):
@@ -65,7 +71,11 @@ class TACo(nn.Module):
     def _unit(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.cfg.normalize else x
 
-    def forward(self, batch: Batch, loss_cfg: LossConfig, generator: torch.Generator | None = None,
+    def pretrained_text_parameters(self):
+        """The pretrained text encoder's weights (the optimizer gives them ``train.text_lr``)."""
+        return self.text.bert.parameters()
+
+    def forward(self, batch: Batch, loss_cfg: TacoConfig, generator: torch.Generator | None = None,
                 shard: Shard | None = None) -> dict:
         """L1 + λ_t·L2 + L3 on a batch of B distinct videos with one caption each.
 
@@ -113,20 +123,20 @@ class TACo(nn.Module):
                                 pooled_t)
             if loss_cfg.negatives == "cascade":  # §1.4: reuse s1 and the token maxima, no extra pass
                 scores = losses.alignment_scores(s1[local], token_sim, weights)  # (local texts, videos)
-                neg_videos = _top_negatives(scores, loss_cfg.num_negatives, shard.offset)
+                neg_videos = losses.hard_negatives(scores, loss_cfg.num_negatives, shard.offset)
                 if many:  # every text against this rank's videos, for the texts of each local video
                     with torch.no_grad():
                         detached = Encoded(all_texts.tokens.detach(), all_texts.mask, pooled_t)
                         video_cols = self.token_similarities(video, detached)  # (texts, local videos, tokens)
                         columns = losses.alignment_scores(s1[:, local], video_cols, shard.gather(weights))
-                    neg_texts = _top_negatives(columns.T, loss_cfg.num_negatives, shard.offset)
+                    neg_texts = losses.hard_negatives(columns.T, loss_cfg.num_negatives, shard.offset)
                 else:
-                    neg_texts = _top_negatives(scores.T, loss_cfg.num_negatives, 0)
+                    neg_texts = losses.hard_negatives(scores.T, loss_cfg.num_negatives, 0)
             elif loss_cfg.negatives == "random":  # the same draw on every rank; each keeps its anchors' rows
                 neg_videos, neg_texts = losses.random_negatives(n, loss_cfg.num_negatives, generator, s1.device)
                 neg_videos, neg_texts = neg_videos[local], neg_texts[local]
             else:
-                raise ValueError(f"loss.negatives must be 'cascade' or 'random', not {loss_cfg.negatives!r}")
+                raise ValueError(f"taco.negatives must be 'cascade' or 'random', not {loss_cfg.negatives!r}")
             b, k = len(neg_videos), neg_videos.shape[1]
             anchors = torch.arange(shard.offset, shard.offset + b, device=s1.device)
             video_index = torch.cat([anchors, neg_videos.reshape(-1), anchors.repeat_interleave(k)])
@@ -151,13 +161,3 @@ class TACo(nn.Module):
                 loss = loss + weight * out[key]
         out["loss"] = loss
         return out
-
-
-def _top_negatives(scores: torch.Tensor, k: int, offset: int) -> torch.Tensor:
-    """Top-k columns of each row of ``scores`` by alignment score, never column ``offset + row``
-    (the positive). The rows are this rank's anchors, the columns the global batch (§1.4)."""
-    k = min(k, scores.shape[1] - 1)
-    masked = scores.detach().clone()
-    rows = torch.arange(len(masked), device=masked.device)
-    masked[rows, rows + offset] = float("-inf")
-    return masked.topk(k, dim=1).indices

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidlang.errors import ConfigError
-from vidlang.models.blocks import Encoded, _transformer, masked_mean
+from vidlang.models.blocks import Encoded, masked_mean, transformer_stack
 
 
 class ViViTEncoder(nn.Module):
@@ -38,9 +38,9 @@ class ViViTEncoder(nn.Module):
                                stride=(tubelet_time, tubelet_size, tubelet_size))
         self.spatial_cls = nn.Parameter(torch.zeros(1, 1, width))
         self.spatial_position = nn.Parameter(torch.randn(1, patches + 1, width) * 0.02)
-        self.spatial = _transformer(width, heads, spatial_layers, dropout) if spatial_layers > 0 else None
+        self.spatial = transformer_stack(width, heads, spatial_layers, dropout) if spatial_layers > 0 else None
         self.temporal_position = nn.Embedding(max_positions, width)
-        self.temporal = _transformer(width, heads, temporal_layers, dropout) if temporal_layers > 0 else None
+        self.temporal = transformer_stack(width, heads, temporal_layers, dropout) if temporal_layers > 0 else None
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
         nn.init.normal_(self.temporal_position.weight, std=0.02)

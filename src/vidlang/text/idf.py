@@ -13,7 +13,15 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from vidlang.errors import CheckpointError, ConfigError, DataError
-from vidlang.text.pos import DEFAULT_TAGGER, DEFAULT_TAGS, Tag, TagCache, check_tags, default_tagger, tag_captions
+from vidlang.text.pos import (
+    DEFAULT_TAGGER,
+    DEFAULT_TAGS,
+    Tag,
+    TagCache,
+    check_tags,
+    default_tagger,
+    tag_captions,
+)
 
 _STATE_FORMAT = 1
 

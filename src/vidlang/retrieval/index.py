@@ -29,31 +29,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidlang.api import LoadedModel, encode_video, load_model
 from vidlang.data.dataset import cut_segment, sample_frames
 from vidlang.data.features import FeatureStore, open_store
 from vidlang.data.records import Clip
 from vidlang.errors import CheckpointError, ConfigError, DataError
+from vidlang.evaluation.scoring import EncodedSet
+from vidlang.inference import LoadedModel, encode_video, load_model
 from vidlang.models.blocks import Encoded
-from vidlang.scoring import EncodedSet
+from vidlang.retrieval.stage_one import FaissSettings, build_faiss, faiss_module
 
 FORMAT = 1
-FAISS_KINDS = ("auto", "exact", "ivf", "hnsw", "none")
 _ARRAYS = ("segments", "frames", "pooled", "tokens", "mask")
 _HASHES: dict[tuple, str] = {}
-
-
-@dataclass
-class FaissSettings:
-    """Stage one of search: ``exact`` (IndexFlatIP), ``ivf`` (IndexIVFFlat), ``hnsw`` (IndexHNSWFlat);
-    ``auto`` is exact below ``exact_threshold`` clips and IVF above."""
-
-    kind: str = "auto"
-    exact_threshold: int = 100_000
-    nlist: int | None = None  # IVF cells (default ~4·sqrt(N))
-    nprobe: int = 16  # IVF cells visited per query
-    hnsw_m: int = 32
-    ef_search: int = 128  # HNSW search breadth
 
 
 @dataclass
@@ -155,41 +142,6 @@ def s1_vectors(loaded: LoadedModel, pooled: torch.Tensor) -> np.ndarray:
     """The vectors whose inner product is s1 (normalised iff the model normalises)."""
     enc = Encoded(pooled[:, None], torch.ones(len(pooled), 1, dtype=torch.bool), pooled)
     return np.ascontiguousarray(loaded.model._normalise(enc).pooled.detach().cpu().numpy(), dtype=np.float32)
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ConfigError("a FAISS index needs faiss: pip install 'vidlang[search]' (or use faiss='none')") from e
-    return faiss
-
-
-def build_faiss(vectors: np.ndarray, settings: FaissSettings, seed: int = 0):
-    """An inner-product FAISS index over ``vectors`` (N, d), or None for kind ``none``."""
-    kind = settings.kind
-    if kind not in FAISS_KINDS:
-        raise ConfigError(f"faiss kind must be one of {FAISS_KINDS}, not {kind!r}")
-    n, d = vectors.shape
-    if kind == "auto":
-        kind = "exact" if n < settings.exact_threshold else "ivf"
-    if kind == "none":
-        return None
-    faiss = _faiss()
-    if kind == "exact":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = settings.ef_search
-    else:
-        nlist = settings.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # FAISS wants >= 39 points a cell
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.sort(np.random.default_rng(seed).choice(n, min(n, nlist * 256), replace=False))
-        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
-        index.nprobe = min(settings.nprobe, nlist)
-    for start in range(0, n, 65536):
-        index.add(np.ascontiguousarray(vectors[start:start + 65536], dtype=np.float32))
-    return index
 
 
 def _arrays(folder: Path | None, n: int, steps: int, width: int, token_dtype: str) -> dict[str, np.ndarray]:
@@ -362,7 +314,7 @@ def _finish(tmp: Path, out: Path, ids: list[str], index: Any, meta: dict) -> Non
     """Write the small files into ``tmp``, make everything durable, rename ``tmp`` to ``out``."""
     (tmp / "video_ids.txt").write_text("".join(f"{v}\n" for v in ids), encoding="utf-8")
     if index is not None:
-        _faiss().write_index(index, str(tmp / "faiss.index"))
+        faiss_module().write_index(index, str(tmp / "faiss.index"))
     (tmp / "index.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     for f in tmp.iterdir():  # durable before the rename publishes them
         with open(f, "rb") as fh:
@@ -427,7 +379,7 @@ def load_index(path: str | Path, model: LoadedModel | str | Path | None = None, 
     index = None
     if (path / "faiss.index").is_file():
         try:
-            index = _faiss().read_index(str(path / "faiss.index"))
+            index = faiss_module().read_index(str(path / "faiss.index"))
         except RuntimeError as e:
             raise DataError(f"cannot read {path / 'faiss.index'}: {e}") from e
         if index.ntotal != n:

@@ -5,14 +5,24 @@ a step clip for YouCook2. Every caption of a unit is a text query with that unit
 """
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import torch
 
 from vidlang import distributed as dist
 from vidlang.config import EvalConfig
 from vidlang.data.dataset import VideoTextDataset, collate
-from vidlang.metrics import retrieval_metrics
+from vidlang.data.sources import open_data
+from vidlang.evaluation.metrics import retrieval_metrics
+from vidlang.evaluation.protocol import held_out
+from vidlang.evaluation.scoring import (
+    EncodedSet,
+    encode_texts,
+    encode_videos,
+    score_matrix,
+)
 from vidlang.models.blocks import Encoded
-from vidlang.scoring import EncodedSet, encode_texts, encode_videos, score_matrix
 
 
 def retrieval_units(dataset: VideoTextDataset) -> tuple[list[int], list[int]]:
@@ -84,3 +94,20 @@ def evaluate_retrieval(model, dataset: VideoTextDataset, cfg: EvalConfig, batch_
     sim, text_to_unit = similarity(model, dataset, cfg, batch_size, device, distributed)
     metrics = retrieval_metrics(sim, text_to_unit)
     return metrics
+
+
+def evaluate_folder(loaded, data: str | Path, *, split: str | None = None, features: str | None = None,
+                    annotations: str | None = None, scoring: str | None = None, skip_bad: bool = False,
+                    allow_pickle: bool = False, allow_train_overlap: bool = False) -> tuple[dict, dict]:
+    """R@k of a loaded TACo checkpoint on a data folder (every annotated video with features, or
+    ``split``). Refuses videos the checkpoint trained on unless ``allow_train_overlap``. Returns the
+    metrics and what was scored (ids, their hash, overlap, skips, scoring)."""
+    source = open_data(data, features=features, annotations=annotations, allow_pickle=allow_pickle, skip_bad=skip_bad)
+    clips = source.split(split or "all")
+    dataset = loaded.dataset(clips, source.store, skip_bad=skip_bad)  # bad input is named before overlap
+    info = held_out(loaded.checkpoint, (c.video_id for c in dataset.clips), allow_train_overlap)
+    cfg = copy.copy(loaded.cfg.eval)
+    cfg.scoring = scoring or cfg.scoring
+    sim, text_to_video = similarity(loaded.model, dataset, cfg, device=loaded.device)
+    info |= {"scoring": cfg.scoring, "skipped": dict(dataset.skipped), "skipped_by_readers": dict(source.counter)}
+    return retrieval_metrics(sim, text_to_video), info

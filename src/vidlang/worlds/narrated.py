@@ -1,9 +1,9 @@
 """Narrated multi-step scenes: a built-in world for MV-GPT pretraining and captioning.
 
 A scene is one object (shape, size, an optional static distractor, one background) going through
-``steps`` steps. Each step is a clip rendered by :func:`vidlang.data.synthetic.render_clip`, with a
+``steps`` steps. Each step is a clip rendered by :func:`vidlang.worlds.synthetic.render_clip`, with a
 narration sentence (how-to style ASR: "okay so now we make the red ball slide to the right") and
-captions from :func:`~vidlang.data.synthetic.describe` ("a red ball is sliding to the right").
+captions from :func:`~vidlang.worlds.synthetic.describe` ("a red ball is sliding to the right").
 
 The recipe grammar makes the next step follow from the current one: the motion advances along
 ``MOTION_CYCLE`` (round shapes skip "spin") and the colour along ``COLOUR_CYCLE``; the first step
@@ -14,7 +14,7 @@ the noun ("it") or the motion, which then must be read from the frames.
 :func:`write_narrated_world` writes the steps of a scene one after another as ONE video:
 
 - ``features/``: stacked store (``features.npy`` (N, steps*frames, 192), ``video_ids.txt``,
-  ``meta.json`` with fps) of :func:`~vidlang.data.synthetic.clip_features`;
+  ``meta.json`` with fps) of :func:`~vidlang.worlds.synthetic.clip_features`;
 - ``frames/`` (``raw_frames=True``): the same layout with raw RGB frames flattened to
   (T, size*size*3) float16 in [0, 1], for a pixel (ViViT) encoder;
 - ``transcripts.json``: HowTo100M format; each narration is split into two ASR segments of
@@ -36,16 +36,29 @@ from pathlib import Path
 import numpy as np
 
 from vidlang.data.annotations import filter_clips, read_id_list, read_jsonl
-from vidlang.data.narration import Streams, pair_utterances, read_howto100m
+from vidlang.data.narration import (
+    Streams,
+    attach_transcripts,
+    pair_utterances,
+    read_howto100m,
+)
 from vidlang.data.records import Clip
-from vidlang.data.synthetic import (
-    BACKBONE, COLOURS, FEATURE_DIM, ROUND_SHAPES, SHAPE_NOUNS, SIZES, WorldConfig, clip_features, describe,
+from vidlang.errors import ConfigError, DataError
+from vidlang.worlds.synthetic import (
+    BACKBONE,
+    COLOURS,
+    FEATURE_DIM,
+    ROUND_SHAPES,
+    SHAPE_NOUNS,
+    SIZES,
+    WorldConfig,
+    clip_features,
+    describe,
     render_clip,
 )
-from vidlang.errors import ConfigError, DataError
 
 __all__ = ["NarratedConfig", "NarratedWorld", "Scene", "MOTION_CYCLE", "COLOUR_CYCLE", "next_step", "first_step",
-           "narrate", "generate_scene", "write_narrated_world", "attach_transcripts"]
+           "narrate", "generate_scene", "write_narrated_world"]
 
 GENERATOR_VERSION = 1
 MOTION_CYCLE = ("slide_right", "spin", "move_up", "shrink", "slide_left", "bounce", "grow", "move_down",
@@ -115,7 +128,7 @@ def _motions(shape: str) -> tuple[str, ...]:
 
 
 def first_step(rng: np.random.Generator, distractor_prob: float = 0.3) -> dict:
-    """Random attributes of a scene's first step (as :func:`~vidlang.data.synthetic.sample_attributes`)."""
+    """Random attributes of a scene's first step (as :func:`~vidlang.worlds.synthetic.sample_attributes`)."""
     shape = str(rng.choice(list(SHAPE_NOUNS)))
     colour = str(rng.choice(COLOUR_CYCLE))
     attrs = {"shape": shape, "colour": colour, "size": str(rng.choice(list(SIZES))),
@@ -276,18 +289,6 @@ def write_narrated_world(out_dir: str | Path, cfg: NarratedConfig | None = None,
 
 
 # ----------------------------------------------------------------------------- reading back
-def attach_transcripts(clips: list[Clip], streams: Streams) -> list[Clip]:
-    """Give each clip the text of its video's utterances whose midpoint lies in the clip's span
-    (all of them for an untimed clip), joined by spaces; None when there is none."""
-    out = []
-    for c in clips:
-        lo = -np.inf if c.start is None else c.start
-        hi = np.inf if c.end is None else c.end
-        words = [u.text for u in streams.get(c.video_id, []) if lo <= (u.start + u.end) / 2 <= hi]
-        out.append(Clip(c.video_id, c.caption, c.start, c.end, c.split, " ".join(words) or None))
-    return out
-
-
 class NarratedWorld:
     """Paths and clip lists of a written narrated world."""
 

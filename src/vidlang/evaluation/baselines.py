@@ -121,7 +121,7 @@ def nearest_neighbour_captions(train_feats: np.ndarray, train_captions: Sequence
     over all training videos) against each of the video's other captions (Devlin et al. 2015).
     Needs Java (the PTB tokenizer).
     """
-    from vidlang.caption_metrics import CiderD, tokenize
+    from vidlang.evaluation.caption_metrics import CiderD, tokenize
 
     caps = _caption_lists(train_captions, "train_captions")
     x = _pooled(train_feats, "train_feats")
@@ -154,7 +154,7 @@ def best_constant_caption(train_captions: Sequence[str] | Sequence[Sequence[str]
     corpus CIDEr-D as coco-caption computes it (PTB tokens, IDF from ``references``), for every
     distinct candidate, exactly; ties go to the first. Needs Java (the PTB tokenizer).
     """
-    from vidlang.caption_metrics import CiderD, tokenize
+    from vidlang.evaluation.caption_metrics import CiderD, tokenize
 
     if metric != "CIDEr":
         raise ConfigError(f"best_constant_caption supports metric='CIDEr' only, got {metric!r}")

@@ -32,8 +32,19 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from vidlang.errors import CheckpointError, ConfigError, DataError, VidlangError
-from vidlang.serve_media import (MediaRefused, UnsupportedMedia, UploadExtractor, default_cache, media_path,
-                                 media_url, probe_video, sniff_container, source_video, strip_jpeg, strip_times)
+from vidlang.serve.media import (
+    MediaRefused,
+    UnsupportedMedia,
+    UploadExtractor,
+    default_cache,
+    media_path,
+    media_url,
+    probe_video,
+    sniff_container,
+    source_video,
+    strip_jpeg,
+    strip_times,
+)
 
 log = logging.getLogger("vidlang.serve")
 WEB = Path(__file__).with_name("web")
@@ -104,7 +115,7 @@ class CaptionBatcher:
     26 s one at a time). A failing batch is retried item by item, so one bad input fails only its own request."""
 
     def __init__(self, captioner, max_batch: int = 16, caption_fn=None):
-        from vidlang.api import caption
+        from vidlang.inference import caption
 
         self.captioner, self.max_batch, self._caption = captioner, max_batch, caption_fn or caption
         self._queue: queue.Queue = queue.Queue()
@@ -184,10 +195,10 @@ def _check_captioner(index, captioner, store) -> None:
     trained_on = ((captioner.meta.get("data_manifest") or {}).get("store") or {}).get("meta", {}).get("extractor")
     mine = index_extractor(index)
     if isinstance(trained_on, dict) and isinstance(mine, dict) and trained_on != mine:
-        from vidlang.data.features import _differing
+        from vidlang.data.features import differing_keys
 
         raise ConfigError(f"captioner {captioner.checkpoint} was trained on features of another extractor than the "
-                          f"index's ({_differing(trained_on, mine)})")
+                          f"index's ({differing_keys(trained_on, mine)})")
 
 
 def _open_store(index):
@@ -208,8 +219,8 @@ def create_app(index, captioner=None, media_root: str | Path | None = None, *, c
                extractor_weights: str | None = None, max_k: int = 100, device: str = "cpu") -> FastAPI:
     """The FastAPI app. ``index``: a ClipIndex or an index folder (searched with ``checkpoint``, default
     the one it records); ``captioner``: a LoadedCaptioner, an MV-GPT checkpoint/run folder, or None."""
-    from vidlang.api import LoadedCaptioner, load_model
-    from vidlang.index import ClipIndex, load_index
+    from vidlang.inference import LoadedCaptioner, load_model
+    from vidlang.retrieval.index import ClipIndex, load_index
 
     if not isinstance(index, ClipIndex):
         index = load_index(index, checkpoint)
@@ -240,9 +251,9 @@ def create_app(index, captioner=None, media_root: str | Path | None = None, *, c
 
 
 def _version() -> str:
-    import vidlang
+    from vidlang.version import __version__
 
-    return vidlang.__version__
+    return __version__
 
 
 def _install_errors(app: FastAPI) -> None:
@@ -275,9 +286,9 @@ _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 
 def _routes(app: FastAPI, st: ServeState) -> None:
-    from vidlang.captioning import decoding_name
     from vidlang.data.dataset import cut_segment
-    from vidlang.search import search
+    from vidlang.evaluation.captioning import decoding_name
+    from vidlang.retrieval.query import search
 
     @app.get("/health")
     def health() -> dict:
@@ -377,7 +388,7 @@ def _routes(app: FastAPI, st: ServeState) -> None:
             file = media_path(st.media_root, path)
         except FileNotFoundError:
             raise HTTPException(404, f"no media file {path!r}") from None
-        from vidlang.serve_media import MEDIA_TYPES
+        from vidlang.serve.media import MEDIA_TYPES
 
         return FileResponse(file, media_type=MEDIA_TYPES[file.suffix.lower()])
 

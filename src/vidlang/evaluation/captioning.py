@@ -1,13 +1,6 @@
-"""MV-GPT in the toolkit: its data from a config, its training step, validation and captioning.
+"""Captioning a dataset with an MV-GPT model, and scoring the captions against every reference.
 
-The training loop (train.py) is shared with TACo; this module gives it what is MV-GPT's own:
-
-- data: fine-tuning reads annotated clips (``data.root``/``data.annotations``) with an optional
-  time-stamped transcript (``data.transcripts``) attached by time; pretraining (``mvgpt.objective``
-  other than ``caption``) pairs the transcript's utterances into (present, future) clips;
-- the step: ``MVGPT(batch)`` losses, the visual freeze schedule (§2.4);
-- validation: the loss on the validation clips, and for captioning greedy captions scored with
-  BLEU/ROUGE-L/CIDEr (METEOR's JVM is left for ``vidlang caption``).
+Used by validation (tasks/mvgpt.py), ``vidlang caption`` and the Python API.
 """
 from __future__ import annotations
 
@@ -17,49 +10,20 @@ from pathlib import Path
 
 import torch
 
-from vidlang.caption_metrics import CaptionScorer
 from vidlang.config import Config
-from vidlang.data.annotations import filter_clips, read_annotations, read_id_list
-from vidlang.data.features import FeatureStore, open_store
-from vidlang.data.narrated import attach_transcripts
-from vidlang.data.narration import CaptionDataset, collate_captions, pair_utterances, read_transcripts
+from vidlang.data.features import FeatureStore
+from vidlang.data.narration import CaptionDataset, collate_captions
 from vidlang.data.records import Clip
-from vidlang.data.sources import Source, select_split
-from vidlang.errors import ConfigError, DataError
+from vidlang.data.sources import open_data
+from vidlang.errors import DataError
+from vidlang.evaluation.caption_metrics import CaptionScorer
+from vidlang.evaluation.protocol import held_out
 from vidlang.models.mvgpt import MVGPT, parse_objective
 from vidlang.text.pretrained import load_tokenizer
-from vidlang.train import Experiment, LossStep
 
 
 def is_pretraining(cfg: Config) -> bool:
     return "caption" not in parse_objective(cfg.mvgpt.objective)
-
-
-def open_caption_source(cfg: Config) -> Source:
-    """The feature store and every clip: annotated captions (fine-tuning) or utterance pairs (pretraining)."""
-    d = cfg.data
-    root = d.root or ""
-    features = d.features or root
-    if not features:
-        raise ConfigError("set data.root or data.features (the feature store)")
-    store = open_store(features, fps=d.feature_fps, allow_pickle=d.allow_pickle)
-    counter: Counter = Counter()
-    streams = None
-    if d.transcripts:
-        streams = read_transcripts(d.transcripts, skip_bad=d.skip_bad, counter=counter, allow_pickle=d.allow_pickle)
-    if is_pretraining(cfg):
-        if streams is None:
-            raise ConfigError(f"mvgpt.objective={cfg.mvgpt.objective!r} pretrains on narration: set data.transcripts "
-                              "(HowTo100M json, YouCook2/ActivityNet json or .jsonl with timed utterances)")
-        clips = pair_utterances(streams, min_words=cfg.mvgpt.min_utterance_words, counter=counter)
-    else:
-        annotations = d.annotations or (f"{root}/annotations.json" if root else "")
-        if not annotations:
-            raise ConfigError("set data.root or data.annotations (the captions to fine-tune on)")
-        clips = read_annotations(annotations, skip_bad=d.skip_bad, counter=counter)
-        if streams is not None:
-            clips = attach_transcripts(clips, streams)
-    return Source(store, clips, counter)
 
 
 def caption_dataset(clips: list[Clip], store: FeatureStore, tokenizer, cfg: Config, skip_bad: bool = False,
@@ -69,29 +33,6 @@ def caption_dataset(clips: list[Clip], store: FeatureStore, tokenizer, cfg: Conf
                           skip_bad=skip_bad, expected_dim=expected_dim)
 
 
-def build_caption_experiment(cfg: Config) -> Experiment:
-    source = open_caption_source(cfg)
-    train_clips = select_split(source.clips, source.store, cfg.data.train_split or "train")
-    val_clips = select_split(source.clips, source.store, cfg.data.val_split) if cfg.data.val_split != "none" else []
-    if not train_clips:
-        raise ConfigError(f"training split '{cfg.data.train_split}' selects no clips")
-    tokenizer = load_tokenizer(cfg.model.text_encoder)
-    train_set = caption_dataset(train_clips, source.store, tokenizer, cfg, cfg.data.skip_bad)
-    val_set = caption_dataset(val_clips, source.store, tokenizer, cfg, cfg.data.skip_bad) if val_clips else None
-    torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
-    model = MVGPT(cfg, source.store.dim)
-    manifest = source.manifest(train=train_set.clips, validation=val_set.clips if val_set else [])
-    manifest["skipped_by_dataset"] = {"train": dict(train_set.skipped), "validation": dict(val_set.skipped) if val_set else {}}
-    manifest["text_counts"] = {"train": dict(train_set.counts), "validation": dict(val_set.counts) if val_set else {}}
-    meta = {}
-    if cfg.mvgpt.output_vocab == "train":  # every WordPiece the training texts hold, plus the end token
-        vocab = sorted({i for ids in train_set.targets + train_set.transcripts for i in ids} | {model.ids["sep"]})
-        model.decoder.set_output_vocab(vocab)
-        meta["output_vocab"] = vocab
-    return Experiment(cfg, train_set, val_set, None, model, manifest, collate=collate_captions, meta=meta)
-
-
-# ----------------------------------------------------------------------------- captioning
 def _batches(dataset: CaptionDataset, indices: list[int], batch_size: int, device):
     for a in range(0, len(indices), batch_size):
         yield collate_captions([dataset[i] for i in indices[a:a + batch_size]]).to(device)
@@ -167,9 +108,9 @@ def score_captions(predictions: Mapping[str, str], references: Mapping[str, list
 
 def decoding_name(cfg: Config, method: str | None = None, **settings) -> str:
     """A short stamp of the decoding used, e.g. ``beam4-lp1.0-max30``."""
-    g = cfg.mvgpt
-    method = method or g.decode
-    max_len = settings.get("max_len", g.max_decode_len)
+    g = cfg.decode
+    method = method or g.method
+    max_len = settings.get("max_len", g.max_len)
     if method == "beam":
         return f"beam{settings.get('beam_size', g.beam_size)}-lp{settings.get('length_penalty', g.length_penalty)}-max{max_len}"
     if method == "nucleus":
@@ -179,38 +120,23 @@ def decoding_name(cfg: Config, method: str | None = None, **settings) -> str:
 
 def caption_folder(loaded, data: str | Path, *, split: str | None = None, annotations: str | None = None,
                    features: str | None = None, transcripts: str | None = None, skip_bad: bool = False,
-                   meteor: bool = True, batch_size: int = 64, method: str | None = None, **settings):
+                   meteor: bool = True, batch_size: int = 64, method: str | None = None,
+                   allow_train_overlap: bool = False, **settings):
     """Caption every video (or segment) of a folder laid out like msrvtt-ae128-dev and score the
-    captions against all its references. Returns (metrics, {key: caption}, {key: references}, dataset)."""
+    captions against all its references; videos the checkpoint trained on are refused unless
+    ``allow_train_overlap``. Returns (metrics, {key: caption}, {key: references}, dataset, scored),
+    ``scored`` saying which ids were scored (evaluation.protocol.held_out)."""
     data = Path(data)
     cfg = loaded.cfg
-    store = open_store(features or data, allow_pickle=False)
-    clips = read_annotations(annotations or data / "annotations.json", skip_bad=skip_bad)
-    clips = filter_clips(clips, read_id_list(split)) if split else [c for c in clips if c.video_id in store]
-    if transcripts:
-        clips = attach_transcripts(clips, read_transcripts(transcripts, skip_bad=skip_bad))
+    source = open_data(data, features=features, annotations=annotations, transcripts=transcripts, skip_bad=skip_bad)
+    store, clips = source.store, source.split(split or "all")
     if not clips:
         raise DataError(f"no annotated clip of {data} has features in {features or data}")
     dataset = caption_dataset(clips, store, loaded.tokenizer, cfg, skip_bad, expected_dim=loaded.model.video_dim)
+    scored = held_out(loaded.checkpoint, (c.video_id for c in dataset.clips), allow_train_overlap)
     with CaptionScorer(meteor=meteor) as scorer:  # preflight (Java) before the slow decoding
-        preds = generate_captions(loaded.model, dataset, loaded.tokenizer, batch_size, method=method, **settings)
+        preds = generate_captions(loaded.model, dataset, loaded.tokenizer, batch_size, device=getattr(loaded, "device", "cpu"),
+                                  method=method, **settings)
         refs = dataset_references(dataset)
         metrics = score_captions(preds, refs, scorer)
-    return metrics, preds, refs, dataset
-
-
-def validation_keys(cfg: Config) -> tuple[str, ...]:
-    keys = ("val_loss",)
-    return keys if is_pretraining(cfg) else keys + ("BLEU-4", "ROUGE-L", "CIDEr")
-
-
-MVGPT_STEP = LossStep(
-    name="mvgpt",
-    forward=lambda model, batch, cfg, generator, shard: model(batch, generator),
-    log_keys=("loss", "fg", "bg", "mlm_d", "mlm_e", "caption"),
-    unused_parameters=lambda cfg: True,  # e.g. the MLM-E head outside MLM-E, the visual encoder while frozen
-    build=build_caption_experiment,
-    evaluate=evaluate_captioning,
-    show_keys=validation_keys,
-    before_step=lambda model, step: model.set_step(step),
-)
+    return metrics, preds, refs, dataset, scored

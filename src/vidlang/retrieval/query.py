@@ -1,6 +1,6 @@
-"""Text-to-clip search over a :class:`~vidlang.index.ClipIndex`, with a word × time explanation.
+"""Text-to-clip search over a :class:`~vidlang.retrieval.index.ClipIndex`, with a word × time explanation.
 
-Scores are TACo's (methods.md §1.5), computed by :mod:`vidlang.scoring` on the index's stored features:
+Scores are TACo's (methods.md §1.5), computed by :mod:`vidlang.evaluation.scoring` on the index's stored features:
 
 1. candidates: every clip when the collection holds at most ``candidates`` clips, otherwise the top
    ``candidates`` clips by s1 from the FAISS index (s1 is an inner product of pooled vectors);
@@ -15,17 +15,22 @@ term TACo's token score maximises over frames), its best frame and the span arou
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from vidlang.api import LoadedModel, encode_text
-from vidlang.data.dataset import encode_caption
 from vidlang.errors import ConfigError, VidlangError
-from vidlang.index import ClipIndex, build_index, s1_vectors
+from vidlang.evaluation.scoring import (
+    EncodedSet,
+    fusion_pairs,
+    score_matrix,
+    sentence_and_token_scores,
+)
+from vidlang.inference import LoadedModel, encode_text
 from vidlang.models.blocks import Encoded
-from vidlang.scoring import EncodedSet, fusion_pairs, sentence_and_token_scores
+from vidlang.retrieval.index import ClipIndex, build_index, load_index, s1_vectors
 from vidlang.text.pos import DEFAULT_TAGS, tag_captions
 
 _TEXT_LOCK = threading.Lock()  # HF fast tokenizers and spaCy are not safe to call from several threads at once
@@ -225,3 +230,32 @@ def format_hits(hits: list[SearchHit]) -> str:
                     else f"frames {a.span[0]}-{a.span[1]}")
             lines.append(f"       {a.word:>14s}  {when}  best frame {a.frame} ({a.score:.3f})")
     return "\n".join(lines)
+
+
+def search_store(loaded: LoadedModel, query: str | list[str], store, k: int = 10,
+           scoring: str = "cascade") -> list[list[tuple[str, float]]]:
+    """Rank the clips of ``store`` for each query: [(video_id, score), ...] best first.
+
+    ``store``: a feature store (or its path; encoded here, in memory), an index folder or a
+    :class:`vidlang.retrieval.index.ClipIndex`. ``exact`` = s1 + 0.5·s2 + s3 on every clip; ``cascade`` = the
+    fusion head reranks the top ``eval.rerank_topk``; ``s1+s2`` = stage one alone (see vidlang.retrieval.query,
+    which also explains each hit word by word). Other scorings score every pair with score_matrix.
+    """
+    if isinstance(store, ClipIndex):
+        index = store
+    elif isinstance(store, (str, Path)) and (Path(store) / "index.json").is_file():
+        index = load_index(store, loaded)
+    else:
+        index = build_index(loaded, store, faiss="none", token_dtype="float32")
+    queries = [query] if isinstance(query, str) else list(query)
+    e = loaded.cfg.eval
+    if scoring in ("exact", "cascade", "s1+s2"):
+        topk = len(index) if scoring == "exact" else e.rerank_topk
+        return [[(h.video_id, h.score) for h in search(
+            index, q, k, rerank=scoring != "s1+s2", rerank_topk=topk, explain=False,
+            candidates=None if scoring == "exact" else 1000)] for q in queries]
+    sim = score_matrix(loaded.model, index.encoded(np.arange(len(index))), encode_text(loaded, queries), scoring,
+                       e.token_scale, e.rerank_topk, e.batch_pairs)
+    top = sim.topk(min(k, sim.shape[1]), dim=1)
+    return [[(index.video_ids[j], float(s)) for s, j in zip(row_s.tolist(), row_i.tolist())]
+            for row_s, row_i in zip(top.values, top.indices)]

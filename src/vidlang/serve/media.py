@@ -164,21 +164,21 @@ class UploadExtractor:
         frame_size = int(record["frame_size"])
         mine = extractor_record(bb, sampling, frame_size)
         if mine != record:
-            from vidlang.data.features import _differing
+            from vidlang.data.features import differing_keys
 
-            raise ConfigError(f"the extractor the server can run differs from the index's: {_differing(record, mine)}")
+            raise ConfigError(f"the extractor the server can run differs from the index's: {differing_keys(record, mine)}")
         return bb, sampling, frame_size
 
     def features(self, path: Path) -> tuple[np.ndarray, dict]:
         """(T, D) features of the video at ``path``, made exactly as ``vidlang extract`` made the index's."""
-        from vidlang.extract.run import _embed
+        from vidlang.extract.run import embed_frames
         from vidlang.extract.video import decode_video
 
         if self.backbone is None:
             raise ConfigError(f"uploads are off: {self.reason}")
         frames, info = decode_video(path, self.sampling, self.frame_size)
         with self._lock:
-            feats = _embed(self.backbone, frames, self.sampling, batch_size=32)
+            feats = embed_frames(self.backbone, frames, self.sampling, batch_size=32)
         if not np.isfinite(feats).all():
             raise DataError("the backbone produced NaN/inf features for the upload")
         return feats, info

@@ -1,0 +1,79 @@
+"""MV-GPT as a task: its data from a config, its training step and its validation.
+
+The training loop (train.py) is shared with every task; this module gives it what is MV-GPT's own:
+
+- data: fine-tuning reads annotated clips (``data.root``/``data.annotations``) with an optional
+  time-stamped transcript (``data.transcripts``) attached by time; pretraining (``mvgpt.objective``
+  other than ``caption``) pairs the transcript's utterances into (present, future) clips;
+- the step: ``MVGPT(batch)`` losses, the visual freeze schedule (§2.4);
+- validation: the loss on the validation clips, and for captioning greedy captions scored with
+  BLEU/ROUGE-L/CIDEr (METEOR's JVM is left for ``vidlang caption``).
+"""
+from __future__ import annotations
+
+import torch
+
+from vidlang.config import Config
+from vidlang.data.narration import collate_captions, pair_utterances
+from vidlang.data.sources import Source, open_source, split_clips
+from vidlang.errors import ConfigError
+from vidlang.evaluation.captioning import (
+    caption_dataset,
+    evaluate_captioning,
+    is_pretraining,
+)
+from vidlang.models.mvgpt import MVGPT
+from vidlang.tasks.base import Experiment, Task, experiment_manifest
+from vidlang.text.pretrained import load_tokenizer
+
+
+def open_caption_source(cfg: Config) -> Source:
+    """The feature store and every clip: annotated captions (fine-tuning) or utterance pairs (pretraining)."""
+    if not is_pretraining(cfg):
+        return open_source(cfg.data)
+    if not cfg.data.transcripts:
+        raise ConfigError(f"mvgpt.objective={cfg.mvgpt.objective!r} pretrains on narration: set data.transcripts "
+                          "(HowTo100M json, YouCook2/ActivityNet json or .jsonl with timed utterances)")
+    source = open_source(cfg.data, need_annotations=False)
+    source.clips = pair_utterances(source.streams, min_words=cfg.mvgpt.min_utterance_words, counter=source.counter)
+    return source
+
+
+def build_caption_experiment(cfg: Config) -> Experiment:
+    source = open_caption_source(cfg)
+    splits = split_clips(source, cfg.data, cfg.train.seed)
+    train_clips, val_clips = splits.train, splits.validation
+    tokenizer = load_tokenizer(cfg.model.text_encoder)
+    train_set = caption_dataset(train_clips, source.store, tokenizer, cfg, cfg.data.skip_bad)
+    val_set = caption_dataset(val_clips, source.store, tokenizer, cfg, cfg.data.skip_bad) if val_clips else None
+    test_set = caption_dataset(splits.test, source.store, tokenizer, cfg, cfg.data.skip_bad) if splits.test else None
+    torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
+    model = MVGPT(cfg, source.store.dim)
+    manifest = experiment_manifest(source, splits, train_set, val_set, test_set)
+    manifest["text_counts"] = {"train": dict(train_set.counts), "validation": dict(val_set.counts) if val_set else {}}
+    meta = {}
+    if cfg.mvgpt.output_vocab == "train":  # every WordPiece the training texts hold, plus the end token
+        vocab = sorted({i for ids in train_set.targets + train_set.transcripts for i in ids} | {model.ids["sep"]})
+        model.decoder.set_output_vocab(vocab)
+        meta["output_vocab"] = vocab
+    return Experiment(cfg, train_set, val_set, model, manifest, collate=collate_captions, meta=meta, test_set=test_set,
+                      train_ids=sorted({c.video_id for c in train_set.clips}))
+
+
+def validation_keys(cfg: Config) -> tuple[str, ...]:
+    keys = ("val_loss",)
+    return keys if is_pretraining(cfg) else keys + ("BLEU-4", "ROUGE-L", "CIDEr")
+
+
+TASK = Task(
+    name="mvgpt",
+    model="mvgpt",
+    forward=lambda model, batch, cfg, generator, shard: model(batch, generator),
+    log_keys=("loss", "fg", "bg", "mlm_d", "mlm_e", "caption"),
+    unused_parameters=lambda cfg: True,  # e.g. the MLM-E head outside MLM-E, the visual encoder while frozen
+    build=build_caption_experiment,
+    evaluate=evaluate_captioning,
+    show_keys=validation_keys,
+    before_step=lambda model, step: model.set_step(step),
+    scoring=lambda cfg: "losses" if is_pretraining(cfg) else "greedy captions, all references",
+)

@@ -1,0 +1,55 @@
+"""TACo retrieval as a task: video-caption pairs, L1 + λ_t·L2 + L3 (methods.md §1.3), R@k validation."""
+from __future__ import annotations
+
+import torch
+
+from vidlang.config import Config
+from vidlang.data.dataset import VideoTextDataset, collate
+from vidlang.data.sources import open_source, split_clips
+from vidlang.evaluation.retrieval import evaluate_retrieval
+from vidlang.io import cache_dir
+from vidlang.models.taco import TACo
+from vidlang.tasks.base import Experiment, Task, experiment_manifest
+from vidlang.text.idf import TokenWeighter
+from vidlang.text.pretrained import load_tokenizer
+
+
+def build_experiment(cfg: Config) -> Experiment:
+    source = open_source(cfg.data)
+    splits = split_clips(source, cfg.data, cfg.train.seed)
+    train_clips, val_clips = splits.train, splits.validation
+    tokenizer = load_tokenizer(cfg.model.text_encoder)
+    weighter = TokenWeighter.fit(  # IDF on the training captions only (Appendix A)
+        [c.caption for c in train_clips], tags=cfg.taco.pos_tags, cache_path=cache_dir() / "pos_tags.json"
+    )
+    common = dict(max_frames=cfg.data.max_frames, max_words=cfg.data.max_words, skip_bad=cfg.data.skip_bad)
+    train_set = VideoTextDataset(train_clips, source.store, tokenizer, token_weighter=weighter, **common)
+    val_set = VideoTextDataset(val_clips, source.store, tokenizer, token_weighter=weighter, **common) if val_clips else None
+    test_set = VideoTextDataset(splits.test, source.store, tokenizer, token_weighter=weighter, **common) if splits.test else None
+    torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
+    model = TACo(cfg.model, source.store.dim)
+    manifest = experiment_manifest(source, splits, train_set, val_set, test_set)
+    return Experiment(cfg, train_set, val_set, model, manifest, collate=collate,
+                      meta={"token_weighter": weighter.state_dict()},
+                      summary=lambda: {"weighter_stats": dict(weighter.stats)}, test_set=test_set,
+                      train_ids=sorted({c.video_id for c in train_set.clips}))
+
+
+def forward(model, batch, cfg: Config, generator, shard) -> dict:
+    out = model(batch, cfg.taco, generator, shard=shard)
+    if "l2_texts" in out:  # texts with no noun or verb get no token loss: count them
+        out["counts"] = {"l2_skipped_no_token_of_interest": shard.total - int(out["l2_texts"])}
+    return out
+
+
+TASK = Task(
+    name="taco",
+    model="taco",
+    build=build_experiment,
+    forward=forward,
+    log_keys=("loss", "l1", "l2", "l3"),
+    evaluate=lambda model, data, cfg, device, distributed: evaluate_retrieval(model, data, cfg.eval, device=device,
+                                                                             distributed=distributed),
+    show_keys=lambda cfg: ("t2v_R@1", "t2v_R@5", "v2t_R@1"),
+    unused_parameters=lambda cfg: not cfg.taco.fusion_weight,  # the fusion encoder is then unused
+)
