@@ -6,7 +6,7 @@ No submodule carries a public function's name, so ``vidlang.search`` stays the f
 """
 from vidlang.version import __version__
 
-__all__ = ["__version__", "load_model", "encode_video", "encode_text", "search", "caption"]
+__all__ = ["__version__", "load_model", "encode_video", "encode_text", "search", "caption", "save_pretrained"]
 
 
 def __getattr__(name: str):

@@ -100,6 +100,14 @@ def cmd_caption(args) -> None:
         print(f"written to {out} and {captions_file}")
 
 
+def cmd_export(args) -> None:
+    from vidlang.inference import load_model, save_pretrained
+
+    loaded = load_model(args.checkpoint, args.which)
+    out = save_pretrained(loaded, args.out, overwrite=args.overwrite)
+    print(f"wrote {out} ({loaded.meta['model']} from {loaded.checkpoint}): load it with vidlang.load_model('{out}')")
+
+
 def cmd_demo(args) -> None:
     from vidlang.demo import run_demo
 
@@ -243,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score videos the checkpoint trained on (refused by default; the result says so)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("export", help="write a self-contained model folder (weights, text encoder config, model card)")
+    p.add_argument("checkpoint", help="a checkpoint folder or a run folder")
+    p.add_argument("out", help="the model folder to write")
+    p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint of a run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="built-in worlds: train TACo (retrieval) and MV-GPT (captions) on the CPU and show both")
     p.add_argument("--out", default="runs/demo", help="where the world and the run go")

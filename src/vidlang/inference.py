@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,9 @@ from vidlang.models.mvgpt import MVGPT
 from vidlang.models.taco import TACo
 from vidlang.text.idf import TokenWeighter
 from vidlang.text.pretrained import load_tokenizer
+
+
+TEXT_ENCODER_DIR = "text_encoder"  # inside a model folder written by save_pretrained
 
 
 @dataclass
@@ -66,11 +71,13 @@ def load_model(path: str | Path, which: str = "best", kind: str | None = None,
     a TACo model (:class:`LoadedModel`) or an MV-GPT captioner (:class:`LoadedCaptioner`), as the
     checkpoint says. ``kind`` ("taco" or "mvgpt") makes any other kind an error."""
     device = torch.device(device)
-    folder = ckpt.find_checkpoint(path, which)
+    folder = ckpt.find_checkpoint(_local_or_hub(path), which)
     meta = ckpt.read_meta(folder, expect_model=kind)
     if meta.get("model") not in ("taco", "mvgpt"):
         raise CheckpointError(f"{folder} holds a {meta.get('model')!r} model, not a vidlang taco or mvgpt model")
     cfg = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
+    if (folder / TEXT_ENCODER_DIR / "config.json").is_file():  # a shared model folder carries its own text encoder
+        cfg.model.text_encoder = str(folder / TEXT_ENCODER_DIR)
     if meta["model"] == "mvgpt":
         captioner = MVGPT(cfg, int(meta["video_dim"]), load_text_weights=False)
         ckpt.load_weights(captioner, folder)
@@ -82,6 +89,91 @@ def load_model(path: str | Path, which: str = "best", kind: str | None = None,
     model.to(device).eval()
     weighter = TokenWeighter.from_state_dict(meta["token_weighter"])
     return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta, device)
+
+
+def _local_or_hub(path: str | Path) -> Path:
+    """A local folder as is; otherwise a Hugging Face hub name, downloaded (or found in the hub cache)."""
+    if Path(path).exists() or isinstance(path, Path) or str(path).startswith((".", "/", "~")) or str(path).count("/") != 1:
+        return Path(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=str(path)))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, no access: all mean "not available"
+        raise CheckpointError(f"checkpoint not found: {path} (not a local folder, and not available from the Hugging "
+                              f"Face hub: {type(e).__name__}); give a run, checkpoint or `vidlang export` folder") from None
+
+
+def save_pretrained(loaded: LoadedModel | LoadedCaptioner, out: str | Path, overwrite: bool = False) -> Path:
+    """Write a self-contained model folder, like Hugging Face's: the weights, config and meta, the
+    training ids, the text encoder's config and tokenizer (``text_encoder/``; its weights are in the
+    model's file) and a README model card. ``load_model(out)`` needs nothing else."""
+    from transformers import AutoConfig
+
+    from vidlang.io import atomic_write_text
+    from vidlang.text.pretrained import resolve_text_encoder
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} exists: choose another folder or overwrite")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("model.safetensors", "meta.json", "config.yaml", ckpt.TRAIN_IDS):
+        if (loaded.checkpoint / name).is_file():
+            shutil.copy2(loaded.checkpoint / name, tmp / name)
+    encoder = resolve_text_encoder(loaded.cfg.model.text_encoder)
+    AutoConfig.from_pretrained(encoder).save_pretrained(tmp / TEXT_ENCODER_DIR)
+    loaded.tokenizer.save_pretrained(tmp / TEXT_ENCODER_DIR)
+    atomic_write_text(tmp / "README.md", model_card(loaded))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def model_card(loaded: LoadedModel | LoadedCaptioner) -> str:
+    """A README for a shared model folder: what it is, what it was trained on, what it scored, how to load it."""
+    meta, cfg = loaded.meta, loaded.cfg
+    manifest = meta.get("data_manifest", {})
+    best = meta.get("best") or {}
+    splits = "\n".join(f"| {name} | {s.get('split', '')} | {s.get('videos')} | {s.get('clips')} | {s.get('ids_sha256')} |"
+                       for name, s in manifest.items() if isinstance(s, dict) and "ids_sha256" in s)
+    metrics = "\n".join(f"| {k} | {v:.4g} |" for k, v in (best.get("metrics") or {}).items() if isinstance(v, (int, float)))
+    kind = {"taco": "TACo text-video retrieval", "mvgpt": "MV-GPT video captioning"}[meta["model"]]
+    return f"""---
+library_name: vidlang
+tags: [video-text, {meta['model']}]
+---
+# {kind} (vidlang)
+
+A {meta['model']} model trained with vidlang {meta.get('task', meta['model'])!r} on features of width
+{meta.get('video_dim')} (the store: `{manifest.get('store', {}).get('path', 'unknown')}`), text encoder
+`{cfg.model.text_encoder}` (its config and tokenizer are in `text_encoder/`, its weights in `model.safetensors`).
+Step {meta.get('step')}, vidlang commit `{meta.get('git_commit')}`. The resolved config is `config.yaml`; the
+training video ids are `{ckpt.TRAIN_IDS}`.
+
+## Data
+
+| split | how chosen | videos | clips | ids sha256 |
+|---|---|---|---|---|
+{splits}
+
+## Validation ({cfg.eval.metric} chose this checkpoint at step {best.get('step')})
+
+| metric | value |
+|---|---|
+{metrics}
+
+Measured on the validation split above, not on a test set. The training data's license applies to these weights.
+
+## Use
+
+```python
+import vidlang
+model = vidlang.load_model("path/to/this/folder")
+```
+"""
 
 
 def _video_batch(loaded: LoadedModel | LoadedCaptioner, features: list[np.ndarray]):
