@@ -12,7 +12,7 @@ import pytest
 from vidlang.data.coin import (CoinSegment, CoinVideo, check_taxonomy, frame_labels, read_coin,
                                read_taxonomy)
 from vidlang.errors import DataError
-from vidlang.evaluation.segmentation import frame_accuracy, per_video_accuracy
+from vidlang.evaluation.segmentation import frame_accuracy, per_video_accuracy, resample_labels
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COIN = SHARED / "coin"
@@ -105,6 +105,18 @@ def test_frame_accuracy_small_and_loop():
         frame_accuracy([t[0], t[1][:-1]], t[:2])
     with pytest.raises(DataError, match="one prediction per video"):
         frame_accuracy(p[:3], t)
+
+
+def test_resample_labels_to_annotation_rate():
+    # 1 label a second -> 10 fps: each second's label covers its 10 frames; past the end, the last label.
+    assert resample_labels([0, 5, 7], 1.0, 10.0, 32).tolist() == [0] * 10 + [5] * 10 + [7] * 12
+    assert resample_labels([1, 2, 3, 4, 5, 6], 4.0, 2.0, 3).tolist() == [1, 3, 5]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 9, 37)
+    loop = [x[min(int(i / 10.0 * 3.0 + 1e-9), 36)] for i in range(130)]
+    assert resample_labels(x, 3.0, 10.0, 130).tolist() == loop
+    with pytest.raises(DataError, match="non-empty"):
+        resample_labels([], 1.0, 10.0, 5)
 
 
 # ----------------------------------------------------------------------------- real files

@@ -13,8 +13,8 @@ import pytest
 from vidlang.data.crosstask import (Segment, read_annotation, read_annotations, read_tasks, read_video_list,
                                     step_targets)
 from vidlang.errors import DataError
-from vidlang.evaluation.step_localization import (average_recall, crosstask_recall, localize_steps,
-                                                  uniform_assignment, zhukov_dp)
+from vidlang.evaluation.step_localization import (average_recall, crosstask_recall, frame_step_scores,
+                                                  localize_steps, uniform_assignment, zhukov_dp)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CT = SHARED / "crosstask"
@@ -110,6 +110,15 @@ def test_localize_steps_uses_log_softmax():
     np.testing.assert_array_equal(localize_steps(s), np.array([[1, 0], [0, 0], [0, 1]], np.uint8))
     # Row-wise shifts do not change log_softmax, so they cannot change the decoding.
     np.testing.assert_array_equal(localize_steps(s + np.array([[7.0], [-2.0], [1.0]])), localize_steps(s))
+
+
+def test_frame_step_scores():
+    f = np.array([[3.0, 0.0], [0.0, 0.5], [1.0, 1.0]])
+    s = np.array([[1.0, 0.0], [0.0, 2.0]])
+    np.testing.assert_allclose(frame_step_scores(f, s), [[1, 0], [0, 1], [2 ** -0.5, 2 ** -0.5]])
+    np.testing.assert_allclose(frame_step_scores(f, s, normalize=False), f @ s.T)
+    with pytest.raises(DataError, match="width"):
+        frame_step_scores(f, np.ones((2, 3)))
 
 
 def test_uniform_assignment_official_rounding():

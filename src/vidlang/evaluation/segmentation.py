@@ -11,7 +11,7 @@ import numpy as np
 
 from vidlang.errors import DataError
 
-__all__ = ["frame_accuracy", "per_video_accuracy"]
+__all__ = ["frame_accuracy", "per_video_accuracy", "resample_labels"]
 
 
 def _pairs(preds: Sequence, truths: Sequence) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -42,3 +42,16 @@ def frame_accuracy(preds: Sequence, truths: Sequence, ignore: int | None = None)
 
 def per_video_accuracy(preds: Sequence, truths: Sequence) -> np.ndarray:
     return np.array([float((p == t).mean()) for p, t in _pairs(preds, truths)])
+
+
+def resample_labels(labels, src_fps: float, dst_fps: float, n_out: int) -> np.ndarray:
+    """Bring per-frame labels from ``src_fps`` (e.g. the features' rate) to ``dst_fps`` (e.g. COIN's 10 fps
+    annotation rate): output frame i (at i / dst_fps seconds) takes the label of the source frame
+    ``floor(i / dst_fps * src_fps)`` that covers it, the last one past the end."""
+    x = np.asarray(labels)
+    if x.ndim != 1 or x.size == 0:
+        raise DataError(f"labels must be a non-empty 1-D sequence, got shape {x.shape}")
+    if src_fps <= 0 or dst_fps <= 0 or n_out < 1:
+        raise DataError(f"need positive fps and n_out, got {src_fps}, {dst_fps}, {n_out}")
+    idx = np.floor(np.arange(n_out) * (src_fps / dst_fps) + 1e-9).astype(np.int64)
+    return x[np.minimum(idx, x.size - 1)]

@@ -23,7 +23,8 @@ import numpy as np
 
 from vidlang.errors import DataError
 
-__all__ = ["zhukov_dp", "localize_steps", "uniform_assignment", "crosstask_recall", "average_recall"]
+__all__ = ["zhukov_dp", "localize_steps", "uniform_assignment", "crosstask_recall", "average_recall",
+           "frame_step_scores"]
 
 
 def _matrix(x, name: str) -> np.ndarray:
@@ -120,3 +121,15 @@ def average_recall(recalls: Mapping[str, float]) -> float:
     if not recalls:
         raise DataError("average_recall needs at least one task")
     return float(np.mean(list(recalls.values())))
+
+
+def frame_step_scores(frames, steps, normalize: bool = True) -> np.ndarray:
+    """(T, d) frame embeddings x (K, d) step-text embeddings -> (T, K) scores (cosine when ``normalize``),
+    the zero-shot input of :func:`localize_steps`."""
+    f, s = _matrix(frames, "frame embeddings"), _matrix(steps, "step embeddings")
+    if f.shape[1] != s.shape[1]:
+        raise DataError(f"frame embeddings ({f.shape[1]}-d) and step embeddings ({s.shape[1]}-d) differ in width")
+    if normalize:
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+        s = s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
+    return f @ s.T
