@@ -9,10 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidlang.data.coin import (CoinSegment, CoinVideo, check_taxonomy, frame_labels, read_coin,
-                               read_taxonomy)
+from vidlang.data.coin import (
+    CoinSegment,
+    CoinVideo,
+    check_taxonomy,
+    frame_labels,
+    read_coin,
+    read_taxonomy,
+)
 from vidlang.errors import DataError
-from vidlang.evaluation.segmentation import frame_accuracy, per_video_accuracy, resample_labels
+from vidlang.evaluation.segmentation import (
+    frame_accuracy,
+    per_video_accuracy,
+    resample_labels,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COIN = SHARED / "coin"

@@ -1,7 +1,6 @@
 """CrossTask readers, the Zhukov DP and the official recall: small cases, plain loops, real annotations."""
 from __future__ import annotations
 
-import io
 import itertools
 import math
 import zipfile
@@ -10,11 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidlang.data.crosstask import (Segment, read_annotation, read_annotations, read_tasks, read_video_list,
-                                    step_targets)
+from vidlang.data.crosstask import (
+    Segment,
+    read_annotation,
+    read_annotations,
+    read_tasks,
+    read_video_list,
+    step_targets,
+)
 from vidlang.errors import DataError
-from vidlang.evaluation.step_localization import (average_recall, crosstask_recall, frame_step_scores,
-                                                  localize_steps, uniform_assignment, zhukov_dp)
+from vidlang.evaluation.step_localization import (
+    average_recall,
+    crosstask_recall,
+    frame_step_scores,
+    localize_steps,
+    uniform_assignment,
+    zhukov_dp,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CT = SHARED / "crosstask"
@@ -31,7 +42,7 @@ def dp_pyx_loop(C: np.ndarray, bg_cost: float = 0.0) -> np.ndarray:
     """A line-by-line reading of DmZhukov/CrossTask dp.pyx (exactly_one=True); unreachable states get inf."""
     T, K = C.shape
     KE = 2 * K + 1
-    step = lambda k: 0 if k % 2 == 0 else (k + 1) // 2  # noqa: E731
+    step = lambda k: 0 if k % 2 == 0 else (k + 1) // 2
     L = -np.ones((T + 1, KE))
     P = -np.ones((T + 1, KE), dtype=int)
     L[0, 0], P[0, 0] = 0, 0
@@ -63,9 +74,9 @@ def brute_force(C: np.ndarray) -> np.ndarray:
 
 def recall_loop(truth: dict, pred: dict) -> dict:
     out = {}
-    for task in truth:
+    for task, videos in truth.items():
         hit = tot = 0
-        for vid, yt in truth[task].items():
+        for vid, yt in videos.items():
             yp = pred[task][vid]
             for k in range(yt.shape[1]):
                 if yt[:, k].any():
@@ -217,7 +228,7 @@ def test_real_annotations():
     assert len(ann) == 2750 and sum(map(len, ann.values())) == 20919
     per_task = {t: sum(1 for (tt, _) in ann if tt == t) for t in tasks}
     assert min(per_task.values()) == 86 and max(per_task.values()) == 252
-    overlapping = sum(any(b.start < a.end for a, b in zip(s, s[1:])) for s in ann.values())
+    overlapping = sum(any(b.start < a.end for a, b in itertools.pairwise(s)) for s in ann.values())
     recurring = sum(len({x.step for x in s}) < len(s) for s in ann.values())
     assert overlapping == 744 and recurring == 1799
     with zipfile.ZipFile(CT / "annotations.zip") as z:  # 49 raw files are not in time order; we sort
@@ -228,7 +239,7 @@ def test_real_annotations():
 
 def test_real_one_video_by_hand():
     """105222_rzxVluau83Q (16 segments, steps 1-6), T = ceil(266.22) = 267 seconds."""
-    tasks, ann, _ = _real()
+    _tasks, ann, _ = _real()
     segs = ann[("105222", "rzxVluau83Q")]
     yt = step_targets(segs, 267, 6)
     assert yt[53:57, 2].all() and not yt[52, 2] and not yt[57, 2]  # step 3 at [53.72, 56.12] -> 53..56

@@ -9,8 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidlang.data.qa import (QAPair, answer_indices, build_answer_vocab, read_activitynet_qa, read_answer_list,
-                             read_msvd_mapping, read_msvd_qa)
+from vidlang.data.qa import (
+    QAPair,
+    answer_indices,
+    build_answer_vocab,
+    read_activitynet_qa,
+    read_answer_list,
+    read_msvd_mapping,
+    read_msvd_qa,
+)
 from vidlang.errors import DataError
 from vidlang.evaluation.classification import topk_accuracy
 from vidlang.evaluation.qa import answers_from_logits, qa_accuracy

@@ -8,13 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from vidlang.data.crosstask import read_annotations, read_tasks, read_video_list, step_targets
+from vidlang.data.crosstask import (
+    read_annotations,
+    read_tasks,
+    read_video_list,
+    step_targets,
+)
 from vidlang.data.features import open_store
 from vidlang.data.qa import answer_indices, build_answer_vocab
 from vidlang.errors import ConfigError, DataError
 from vidlang.evaluation.qa import answers_from_logits
 from vidlang.evaluation.segmentation import frame_accuracy
-from vidlang.evaluation.step_localization import average_recall, crosstask_recall, localize_steps
+from vidlang.evaluation.step_localization import (
+    average_recall,
+    crosstask_recall,
+    localize_steps,
+)
 from vidlang.models.heads import AnswerClassifier, FrameClassifier, frame_loss
 from vidlang.worlds.steps import StepWorldConfig, write_step_world
 

@@ -1,6 +1,7 @@
 """YouCook2 retrieval csv / splits / recipe names, gzipped annotation json, HowTo100M per-video ASR csv."""
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -9,7 +10,12 @@ import pytest
 from vidlang.data.annotations import read_youcook2
 from vidlang.data.howto100m import read_howto100m_csv
 from vidlang.data.narration import Utterance
-from vidlang.data.youcook2 import read_durations, read_recipe_names, read_split_list, read_youcook2_retrieval
+from vidlang.data.youcook2 import (
+    read_durations,
+    read_recipe_names,
+    read_split_list,
+    read_youcook2_retrieval,
+)
 from vidlang.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -52,7 +58,7 @@ def test_real_youcook2():
     assert all((c.video_id, c.start, c.end, c.caption) in official for c, _ in rows)
     lists = {sp: read_split_list(YC / "splits" / f"{sp}_list.txt") for sp in ("train", "val", "test")}
     assert {sp: len(v) for sp, v in lists.items()} == {"train": 1333, "val": 457, "test": 210}
-    recipe_of = dict((v, r) for r, v in lists["val"])
+    recipe_of = {v: r for r, v in lists["val"]}
     assert all(recipe_of[c.video_id] == task for c, task in rows)
     names = read_recipe_names(YC / "label_foodtype.csv")
     assert len(names) == 110 and names["101"] == "BLT"
@@ -66,5 +72,5 @@ def test_real_howto100m_csv():
     streams = read_howto100m_csv(need(HT / "small_train_captions"))
     assert len(streams) == 100 and sum(map(len, streams.values())) == 11173
     assert sum(len(u.text.split()) for s in streams.values() for u in s) == 46794
-    assert sum(b.start < a.end for s in streams.values() for a, b in zip(s, s[1:])) == 3039
+    assert sum(b.start < a.end for s in streams.values() for a, b in itertools.pairwise(s)) == 3039
     assert streams["-tCQ4tCQdWE"][0] == Utterance(0.41, 3.91, "check pic tonight pick")

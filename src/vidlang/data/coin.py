@@ -28,8 +28,16 @@ import numpy as np
 
 from vidlang.errors import DataError
 
-__all__ = ["CoinSegment", "CoinVideo", "CoinStep", "read_coin", "read_taxonomy", "check_taxonomy",
-           "frame_labels", "BACKGROUND"]
+__all__ = [
+    "BACKGROUND",
+    "CoinSegment",
+    "CoinStep",
+    "CoinVideo",
+    "check_taxonomy",
+    "frame_labels",
+    "read_coin",
+    "read_taxonomy",
+]
 
 PathLike = str | os.PathLike
 BACKGROUND = 0
@@ -194,7 +202,7 @@ def frame_labels(video: CoinVideo, fps: float = 10.0, n_frames: int | None = Non
     """
     if fps <= 0:
         raise DataError(f"fps must be positive, got {fps}")
-    n = int(math.floor(video.duration * fps + 1e-6)) if n_frames is None else int(n_frames)
+    n = math.floor(video.duration * fps + 1e-6) if n_frames is None else int(n_frames)
     if n < 1:
         raise DataError(f"video {video.video_id!r}: {n} frames at {fps} fps (duration {video.duration})")
     y = np.zeros(n, dtype=np.int64)

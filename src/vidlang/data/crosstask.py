@@ -25,8 +25,15 @@ import numpy as np
 
 from vidlang.errors import DataError
 
-__all__ = ["CrossTaskTask", "Segment", "read_tasks", "read_video_list", "read_annotation",
-           "read_annotations", "step_targets"]
+__all__ = [
+    "CrossTaskTask",
+    "Segment",
+    "read_annotation",
+    "read_annotations",
+    "read_tasks",
+    "read_video_list",
+    "step_targets",
+]
 
 PathLike = str | os.PathLike
 
@@ -206,5 +213,5 @@ def step_targets(segments: list[Segment], n_frames: int, n_steps: int, fps: floa
     for s in segments:
         if not 1 <= s.step <= n_steps:
             raise DataError(f"segment {s} has a step outside 1..{n_steps}")
-        y[int(math.floor(s.start * fps)):int(math.ceil(s.end * fps)), s.step - 1] = 1
+        y[math.floor(s.start * fps):math.ceil(s.end * fps), s.step - 1] = 1
     return y

@@ -25,8 +25,16 @@ import numpy as np
 from vidlang.data.coin import read_json_maybe_gz
 from vidlang.errors import DataError
 
-__all__ = ["QAPair", "ANET_QA_TYPES", "read_activitynet_qa", "read_msvd_qa", "read_msvd_mapping",
-           "read_answer_list", "build_answer_vocab", "answer_indices"]
+__all__ = [
+    "ANET_QA_TYPES",
+    "QAPair",
+    "answer_indices",
+    "build_answer_vocab",
+    "read_activitynet_qa",
+    "read_answer_list",
+    "read_msvd_mapping",
+    "read_msvd_qa",
+]
 
 PathLike = str | os.PathLike
 ANET_QA_TYPES = {0: "motion", 1: "spatial", 2: "temporal", 3: "yes_no", 4: "color", 5: "object",

@@ -19,7 +19,7 @@ from pathlib import Path
 from vidlang.data.records import Clip
 from vidlang.errors import DataError
 
-__all__ = ["read_youcook2_retrieval", "read_split_list", "read_durations", "read_recipe_names"]
+__all__ = ["read_durations", "read_recipe_names", "read_split_list", "read_youcook2_retrieval"]
 
 PathLike = str | os.PathLike
 

@@ -17,7 +17,7 @@ import numpy as np
 from vidlang.data.qa import ANET_QA_TYPES, QAPair
 from vidlang.errors import DataError
 
-__all__ = ["QAScore", "qa_accuracy", "answers_from_logits"]
+__all__ = ["QAScore", "answers_from_logits", "qa_accuracy"]
 FREE_TYPES = (3, 4, 5, 6, 7, 8)
 
 

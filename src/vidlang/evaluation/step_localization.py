@@ -23,8 +23,14 @@ import numpy as np
 
 from vidlang.errors import DataError
 
-__all__ = ["zhukov_dp", "localize_steps", "uniform_assignment", "crosstask_recall", "average_recall",
-           "frame_step_scores"]
+__all__ = [
+    "average_recall",
+    "crosstask_recall",
+    "frame_step_scores",
+    "localize_steps",
+    "uniform_assignment",
+    "zhukov_dp",
+]
 
 
 def _matrix(x, name: str) -> np.ndarray:

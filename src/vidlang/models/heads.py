@@ -15,7 +15,7 @@ from torch import nn
 from vidlang.errors import ConfigError, DataError
 from vidlang.models.blocks import masked_mean
 
-__all__ = ["FrameClassifier", "AnswerClassifier", "frame_loss"]
+__all__ = ["AnswerClassifier", "FrameClassifier", "frame_loss"]
 
 
 def _check_dims(**dims: int) -> None:

@@ -29,11 +29,21 @@ from pathlib import Path
 import numpy as np
 
 from vidlang.data.narrated import BASE_VERBS
-from vidlang.data.synthetic import (BACKBONE, COLOURS, FEATURE_DIM, MOTION_VERBS, ROUND_SHAPES, SHAPE_NOUNS, SIZES,
-                                    WorldConfig, clip_features, render_clip)
+from vidlang.data.synthetic import (
+    BACKBONE,
+    COLOURS,
+    FEATURE_DIM,
+    MOTION_VERBS,
+    ROUND_SHAPES,
+    SHAPE_NOUNS,
+    SIZES,
+    WorldConfig,
+    clip_features,
+    render_clip,
+)
 from vidlang.errors import ConfigError
 
-__all__ = ["StepWorldConfig", "TASK_TITLES", "make_tasks", "generate_video", "write_step_world", "QA_TYPES"]
+__all__ = ["QA_TYPES", "TASK_TITLES", "StepWorldConfig", "generate_video", "make_tasks", "write_step_world"]
 
 GENERATOR_VERSION = 1
 TASK_TITLES = ("assemble the tower", "paint the fence", "sort the tiles", "launch the rocket",
@@ -54,7 +64,7 @@ class StepWorldConfig:
     fps: float = 4.0
     seed: int = 0
 
-    def check(self) -> "StepWorldConfig":
+    def check(self) -> StepWorldConfig:
         ranges = {"step_frames": self.step_frames, "background_frames": self.background_frames}
         for key, (lo, hi) in ranges.items():
             if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
@@ -121,7 +131,7 @@ def generate_video(cfg: StepWorldConfig, tasks: dict[str, dict], index: int) -> 
     keep = [k for k in range(n) if rng.random() >= cfg.skip_prob]
     while len(keep) < 2:
         keep = sorted(set(keep) | {int(rng.integers(n))})
-    gap = lambda: int(rng.integers(cfg.background_frames[0], cfg.background_frames[1] + 1))  # noqa: E731
+    gap = lambda: int(rng.integers(cfg.background_frames[0], cfg.background_frames[1] + 1))
     parts, labels, segments, qa = [_background(gap(), cfg.size, rng)], [], [], []
     labels += [0] * len(parts[0])
     for k in keep:
@@ -153,7 +163,7 @@ def write_step_world(out_dir: str | Path, cfg: StepWorldConfig | None = None, va
     cfg = (cfg or StepWorldConfig()).check()
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction = {val_fraction!r} must be in (0, 1)")
-    n_val = max(1, int(round(cfg.num_videos * val_fraction)))
+    n_val = max(1, round(cfg.num_videos * val_fraction))
     if n_val >= cfg.num_videos:
         raise ConfigError(f"num_videos = {cfg.num_videos} is too few for a train/validate split")
     out = Path(out_dir)
