@@ -9,6 +9,7 @@ counted in ``counter`` (a ``collections.Counter``) under a reason key.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import math
@@ -35,7 +36,7 @@ YOUCOOK2_SUBSETS = {"training": "training", "train": "training", "validation": "
 
 # ----------------------------------------------------------------------------- low-level reading
 def read_text(path: Path) -> str:
-    """Read a file (or the single json inside a .zip) and decode it as UTF-8.
+    """Read a file (or the single json inside a .zip, or a .gz) and decode it as UTF-8.
 
     Undecodable bytes become lone surrogates (``surrogateescape``) so that the record
     holding them can be named later; :func:`_is_utf8` spots them.
@@ -49,9 +50,11 @@ def read_text(path: Path) -> str:
                 if len(names) != 1:
                     raise DataError(f"{path} should hold exactly one .json file, found {names}")
                 data = z.read(names[0])
+        elif path.suffix.lower() == ".gz":
+            data = gzip.decompress(path.read_bytes())
         else:
             data = path.read_bytes()
-    except (OSError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot read annotation file {path}: {e}") from e
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
