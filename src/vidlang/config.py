@@ -129,6 +129,18 @@ class MVGPTConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """A task head on a video encoder (tasks/classify.py): what it reads and how it trains."""
+
+    encoder: str = "raw"  # raw (mean-pooled stored features) | taco | mvgpt (that checkpoint's video encoder)
+    encoder_from: str = ""  # the encoder's checkpoint or run folder (taco, mvgpt)
+    labels: str = ""  # {video_id: label} JSON, or MSR-VTT's videodatainfo json/zip (its 20 categories)
+    finetune: bool = False  # false: a linear probe on the frozen encoder; true: train the encoder with the head
+    hidden: int = 0  # 0: a linear head; N: one hidden layer of N
+    dropout: float = 0.0
+
+
+@dataclass
 class DecodeConfig:
     """Caption decoding (MV-GPT; methods.md §2.4/§2.6 default: beam 4, at most 30 tokens)."""
 
@@ -149,6 +161,7 @@ class Config:
     taco: TacoConfig = field(default_factory=TacoConfig)
     mvgpt: MVGPTConfig = field(default_factory=MVGPTConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from vidlang import checkpoint as ckpt
-from vidlang.config import Config, config_from_dict
+from vidlang.config import Config
 from vidlang.data.dataset import (
     VideoTextDataset,
     collate,
@@ -29,6 +28,7 @@ from vidlang.data.features import FeatureStore, validate_features
 from vidlang.data.records import Clip
 from vidlang.errors import CheckpointError, DataError
 from vidlang.evaluation.scoring import EncodedSet, encode_texts, encode_videos
+from vidlang.models.loading import model_from_checkpoint, read_config
 from vidlang.models.mvgpt import MVGPT
 from vidlang.models.taco import TACo
 from vidlang.text.idf import TokenWeighter
@@ -72,21 +72,15 @@ def load_model(path: str | Path, which: str = "best", kind: str | None = None,
     checkpoint says. ``kind`` ("taco" or "mvgpt") makes any other kind an error."""
     device = torch.device(device)
     folder = ckpt.find_checkpoint(_local_or_hub(path), which)
-    meta = ckpt.read_meta(folder, expect_model=kind)
-    if meta.get("model") not in ("taco", "mvgpt"):
-        raise CheckpointError(f"{folder} holds a {meta.get('model')!r} model, not a vidlang taco or mvgpt model")
-    cfg = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
+    cfg = read_config(folder)
     if (folder / TEXT_ENCODER_DIR / "config.json").is_file():  # a shared model folder carries its own text encoder
         cfg.model.text_encoder = str(folder / TEXT_ENCODER_DIR)
+    if kind is None and ckpt.read_meta(folder).get("model") == "probe":
+        raise CheckpointError(f"{folder} holds a task head (probe): evaluate it with `vidlang evaluate --task`")
+    model, cfg, meta = model_from_checkpoint(folder, kind or None, cfg)
+    model.to(device)
     if meta["model"] == "mvgpt":
-        captioner = MVGPT(cfg, int(meta["video_dim"]), load_text_weights=False)
-        ckpt.load_weights(captioner, folder)
-        captioner.decoder.set_output_vocab(meta.get("output_vocab"))
-        captioner.to(device).eval()
-        return LoadedCaptioner(captioner, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta, device)
-    model = TACo(cfg.model, int(meta["video_dim"]), load_text_weights=False)
-    ckpt.load_weights(model, folder)
-    model.to(device).eval()
+        return LoadedCaptioner(model, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta, device)
     weighter = TokenWeighter.from_state_dict(meta["token_weighter"])
     return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta, device)
 

@@ -197,13 +197,12 @@ class UniqueVideoBatchSampler(Sampler[list[int]]):
     Each epoch picks one random clip per video, shuffles the videos and cuts them into
     batches, so an epoch visits every video once. Randomness comes from ``seed + epoch``:
     call :meth:`set_epoch` before each epoch (as with ``DistributedSampler``).
-    ``clip_video`` is the dataset's ``clip_video`` list (or the dataset itself).
+    ``clip_video`` is the dataset's ``clip_video`` list (or any dataset that has one).
     """
 
     def __init__(self, clip_video: Sequence[int] | VideoTextDataset, batch_size: int, *,
                  drop_last: bool = False, seed: int = 0):
-        if isinstance(clip_video, VideoTextDataset):
-            clip_video = clip_video.clip_video
+        clip_video = getattr(clip_video, "clip_video", clip_video)  # a dataset (any task's) or the list itself
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         groups: dict[int, list[int]] = {}

@@ -23,7 +23,7 @@ class Clip:
     transcript: str | None = None
 
 
-class _Tensors:
+class TensorBatch:
     """Moving to a device and the batch size, shared by the batch types."""
 
     def to(self, device):
@@ -35,7 +35,7 @@ class _Tensors:
 
 
 @dataclass
-class Batch(_Tensors):
+class Batch(TensorBatch):
     """A collated batch of clips (B pairs).
 
     video:          (B, T, D) float32 features, zero where masked
@@ -58,7 +58,7 @@ class Batch(_Tensors):
 
 
 @dataclass
-class CaptionBatch(_Tensors):
+class CaptionBatch(TensorBatch):
     """A collated batch for captioning and generative pretraining (MV-GPT), B items.
 
     video:           (B, T, D) float32 features (or flattened raw frames for ViViT), zero where masked

@@ -13,6 +13,7 @@ from vidlang.errors import ConfigError
 TASKS = {
     "taco": "vidlang.tasks.taco",  # TACo retrieval: L1 + L2 + L3 with cascade negatives
     "mvgpt": "vidlang.tasks.mvgpt",  # MV-GPT pretraining (FG/BG/MLM) and captioning
+    "classify": "vidlang.tasks.classify",  # action / category classification: a probe on a video encoder
 }
 
 

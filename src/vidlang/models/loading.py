@@ -1,0 +1,51 @@
+"""Building a model from a checkpoint folder: its config, its kind (meta.json) and its weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from vidlang import checkpoint as ckpt
+from vidlang.config import Config, config_from_dict
+from vidlang.errors import CheckpointError
+
+KINDS = ("taco", "mvgpt", "probe")
+
+
+def read_config(folder: Path) -> Config:
+    try:
+        return config_from_dict(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
+    except OSError as e:
+        raise CheckpointError(f"cannot read {folder / 'config.yaml'}: {e}") from None
+
+
+def build_model(kind: str, cfg: Config, meta: dict) -> torch.nn.Module:
+    """An untrained model of ``kind`` shaped as ``cfg`` and ``meta`` say (no pretrained text weights:
+    a checkpoint's weights are loaded right after)."""
+    if kind == "taco":
+        from vidlang.models.taco import TACo
+
+        return TACo(cfg.model, int(meta["video_dim"]), load_text_weights=False)
+    if kind == "mvgpt":
+        from vidlang.models.mvgpt import MVGPT
+
+        model = MVGPT(cfg, int(meta["video_dim"]), load_text_weights=False)
+        model.decoder.set_output_vocab(meta.get("output_vocab"))
+        return model
+    if kind == "probe":
+        from vidlang.models.probe import ProbeModel
+
+        return ProbeModel.from_meta(meta)
+    raise CheckpointError(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")
+
+
+def model_from_checkpoint(folder: Path, kind: str | None = None, cfg: Config | None = None):
+    """(model in eval mode, config, meta) of a checkpoint folder; ``kind`` makes any other kind an error."""
+    meta = ckpt.read_meta(folder, expect_model=kind)
+    if meta.get("model") not in KINDS:
+        raise CheckpointError(f"{folder} holds a {meta.get('model')!r} model, not one of vidlang's ({', '.join(KINDS)})")
+    cfg = cfg or read_config(folder)
+    model = build_model(meta["model"], cfg, meta)
+    ckpt.load_weights(model, folder)
+    return model.eval(), cfg, meta
