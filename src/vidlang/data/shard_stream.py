@@ -17,6 +17,7 @@ done): :class:`ShardStream` resumes from it exactly, with no reading to skip.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from collections.abc import Callable
@@ -54,23 +55,22 @@ class EpochPlan:
         self.length = int(min(sizes[s].sum() for s in self.rank_shards))  # the same on every rank
         self.shards = self.rank_shards[rank]
         self.groups = [self.shards[g:g + mix] for g in range(0, len(self.shards), mix)]
-        self.group_starts = np.concatenate([[0], np.cumsum([sizes[g].sum() for g in self.groups])])
+        self.group_starts = [0, *np.cumsum([sizes[g].sum() for g in self.groups]).tolist()]
         self.sizes, self.key, self.shuffle = sizes, (seed, epoch, rank), shuffle
-        self._cached: tuple[int, np.ndarray] | None = None
+        self._cached: tuple[int, list] | None = None
 
-    def _group(self, g: int) -> np.ndarray:
+    def _group(self, g: int) -> list[tuple[int, int]]:
         if self._cached is None or self._cached[0] != g:
             pairs = np.concatenate([np.stack([np.full(self.sizes[k], k), np.arange(self.sizes[k])], 1)
                                     for k in self.groups[g]])
             if self.shuffle:
                 pairs = pairs[np.random.default_rng([*self.key, g]).permutation(len(pairs))]
-            self._cached = (g, pairs)
+            self._cached = (g, [tuple(x) for x in pairs.tolist()])
         return self._cached[1]
 
     def locate(self, p: int) -> tuple[int, int]:
-        g = int(np.searchsorted(self.group_starts, p, side="right")) - 1
-        k, i = self._group(g)[p - self.group_starts[g]]
-        return int(k), int(i)
+        g = bisect.bisect_right(self.group_starts, p) - 1
+        return self._group(g)[p - self.group_starts[g]]
 
 
 class ShardDataset(IterableDataset):
@@ -189,7 +189,11 @@ def clip_item(record: dict) -> dict:
 
 
 def collate_clips(items: list[dict]) -> ClipBatch:
-    video, video_mask = pad_videos(items)
+    if len({it["video"].shape for it in items}) == 1:  # clips of one length: one stack, no padding
+        video = torch.stack([it["video"] for it in items])
+        video_mask = torch.ones(video.shape[:2], dtype=torch.bool)
+    else:
+        video, video_mask = pad_videos(items)
     return ClipBatch(video, video_mask, torch.tensor([it["clip_index"] for it in items], dtype=torch.long),
                      [it["video_id"] for it in items], [it["key"] for it in items],
                      [it["caption"] for it in items], [it["transcript"] for it in items])

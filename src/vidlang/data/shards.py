@@ -175,8 +175,9 @@ class _Shard:
                                 f"{info['bytes'].get(kind)} (truncated or rewritten)")
         try:
             self.index = np.load(files["idx"], allow_pickle=False)
-            self.features = np.load(files["npy"], mmap_mode="r", allow_pickle=False)
-            self.text = np.memmap(files["jsonl"], dtype=np.uint8, mode="r")
+            # plain ndarray views of the maps: slicing a np.memmap costs several times more
+            self.features = np.load(files["npy"], mmap_mode="r", allow_pickle=False).view(np.ndarray)
+            self.text = np.memmap(files["jsonl"], dtype=np.uint8, mode="r").view(np.ndarray)
         except (OSError, ValueError, EOFError) as e:
             raise DataError(f"cannot read shard {self.name} of {folder}: {e}") from e
         idx = self.index
@@ -191,9 +192,10 @@ class _Shard:
                             f"and meta.json expect ({idx[-1, 0]}, {dim}) {dtype}")
         if idx[-1, 1] != len(self.text):
             raise DataError(f"index {files['idx']} ends at byte {idx[-1, 1]} but {files['jsonl']} has {len(self.text)}")
+        self.offsets = idx.tolist()  # Python ints: faster to look up one entry than numpy scalars
 
     def read(self, i: int) -> tuple[np.ndarray, dict]:
-        (f0, b0), (f1, b1) = self.index[i], self.index[i + 1]
+        (f0, b0), (f1, b1) = self.offsets[i], self.offsets[i + 1]
         feats = np.array(self.features[f0:f1], dtype=np.float32)
         if not np.isfinite(feats).all():
             raise DataError(f"shard {self.files['npy']}, entry {i}: features contain NaN or inf")
