@@ -140,7 +140,8 @@ with open(os.path.join(out, "log.jsonl"), "a") as log:
 """ % BATCH
 
 
-def resume_case(device: str, store: str, min_batches: int = 200, check: int = 20, workers: int = 1) -> dict:
+def resume_case(device: str, store: str, min_batches: int = 200, check: int = 20, workers: int = 1,
+                max_wait_s: float = 150.0) -> dict:
     """Kill -9 a streaming process mid-epoch, resume from its last state, compare with an
     uninterrupted stream: the resumed batches must be the uninterrupted run's next ones."""
     from vidlang.data.shard_stream import ShardStream
@@ -150,8 +151,8 @@ def resume_case(device: str, store: str, min_batches: int = 200, check: int = 20
         script.write_text(CHILD)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(common.REPO / "src"), os.environ.get("PYTHONPATH", "")])}
         proc = subprocess.Popen([sys.executable, str(script), store, tmp, str(workers)], env=env, start_new_session=True)
-        log, deadline = Path(tmp) / "log.jsonl", time.time() + 600
-        while time.time() < deadline and (not log.is_file() or log.read_text().count("\n") < min_batches):
+        log, deadline = Path(tmp) / "log.jsonl", time.time() + max_wait_s  # kill at min_batches or max_wait_s
+        while not log.is_file() or (log.read_text().count("\n") < min_batches and time.time() < deadline):
             if proc.poll() is not None:
                 raise RuntimeError(f"the streaming process ended with exit code {proc.returncode}")
             time.sleep(0.2)
@@ -176,10 +177,12 @@ def resume_case(device: str, store: str, min_batches: int = 200, check: int = 20
             "batches_compared": check}
 
 
-def format_case(device: str, shards: str, tar_dir: str, shard_size: int = SHARD_SIZE, read: int = 20_000) -> dict:
-    """mmap .npy shards vs WebDataset tar shards holding the same clips: write, size, a sequential
-    read of the first ``read`` clips (WebDataset with its own decoders, and its tar iteration with
-    np.load/json.loads by hand), and the cost to reach the middle of a shard (an exact resume)."""
+def format_case(device: str, shards: str, tar_dir: str, shard_size: int = SHARD_SIZE, read: int = 10_000,
+                tar_clips: int = 3 * SHARD_SIZE) -> dict:
+    """mmap .npy shards vs WebDataset tar shards holding the same clips (the first ``tar_clips``):
+    write, size, a sequential read of the first ``read`` clips (WebDataset with its own decoders,
+    its tar iteration with np.load/json.loads by hand, and Python's tarfile), and the CPU time to
+    reach the middle of a shard (what an exact resume needs). Rates are per CPU second."""
     import io
 
     from vidlang.data.shards import ShardedStore
@@ -211,6 +214,8 @@ def format_case(device: str, shards: str, tar_dir: str, shard_size: int = SHARD_
     tic = time.process_time()
     with wds.ShardWriter(os.path.join(tar_dir, "shard-%05d.tar"), maxcount=shard_size, verbose=0) as sink:
         for rec in ShardedStore(shards):
+            if rec["clip_index"] == tar_clips:
+                break
             feats = rec.pop("video").astype(np.float16)
             sink.write({"__key__": f"{rec['clip_index']:09d}", "npy": feats, "json": rec})
     write_s = time.process_time() - tic
@@ -239,11 +244,52 @@ def format_case(device: str, shards: str, tar_dir: str, shard_size: int = SHARD_
             break
     seek_s = time.process_time() - tic
     out["webdataset"] = {"version": wds.__version__, "disk_mb": disk_mb(tar_dir), "write_cpu_s": round(write_s, 2),
-                         "write_clips_per_cpu_s": round(len(store) / write_s), "read_clips_per_s_decode": decoded,
+                         "clips": min(tar_clips, len(store)), "write_clips_per_cpu_s": round(min(tar_clips, len(store)) / write_s), "read_clips_per_s_decode": decoded,
                          "read_clips_per_s_by_hand": raw,
                          "read_clips_per_s_python_tarfile": tarfile_rate, "seek_mid_shard_cpu_s": round(seek_s, 5)}
     out["npy"]["note"] = "the npy store's write time is write-<n> (from the source store, with ASR)"
     return out
+
+
+TORCHRUN_WORKER = """
+import json, sys, time
+from vidlang import distributed
+from vidlang.data.shard_stream import ShardStream
+assert distributed.init_from_env("gloo")
+store, out, batches = sys.argv[1], sys.argv[2], int(sys.argv[3])
+stream = ShardStream(store, %d, seed=0, num_workers=0)  # rank and world from torchrun
+shards = stream.dataset.store
+tic = time.perf_counter()
+clips = [c for _ in range(batches) for c in next(stream).clip_index.tolist()]
+wall = time.perf_counter() - tic
+mine = sorted({shards.locate(c)[0] for c in clips})
+plan = stream.dataset.plan(0)
+report = {"rank": distributed.rank(), "clips": len(clips), "clips_per_s": round(len(clips) / wall),
+          "shards_read": mine, "assigned_shards": sorted(plan.shards.tolist()), "clip_ids": clips,
+          "batches_per_epoch": stream.dataset.num_batches(0)}
+everyone = distributed.all_gather_object(report)
+if distributed.is_main():
+    open(out, "w").write(json.dumps(everyone))
+""" % BATCH
+
+
+def torchrun_case(device: str, store: str, batches: int = 200) -> dict:
+    """Two gloo processes under torchrun stream the store: which shards each read, and whether
+    their shards and clips are disjoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script, out = Path(tmp) / "worker.py", Path(tmp) / "out.json"
+        script.write_text(TORCHRUN_WORKER)
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(common.REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              str(script), store, str(out), str(batches)], env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError((run.stdout + run.stderr)[-3000:])
+        ranks = json.loads(out.read_text())
+    a, b = (set(r.pop("clip_ids")) for r in ranks)
+    return {"processes": 2, "backend": "gloo", "batches_per_rank": batches, "ranks": ranks,
+            "clips_disjoint": not (a & b), "shards_disjoint": not (set(ranks[0]["shards_read"]) & set(ranks[1]["shards_read"])),
+            "each_read_only_its_assigned_shards": all(set(r["shards_read"]) <= set(r["assigned_shards"]) for r in ranks)}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -252,8 +298,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="2k/20k clips, seconds per case")
     p.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()), help="where the stores are generated")
     p.add_argument("--out", type=Path)
+    p.add_argument("--large-store", type=Path, help="only: on this existing sharded store, the memory case over "
+                                                       "--memory-epochs of an epoch and the torchrun case, added to "
+                                                       "the results file")
+    p.add_argument("--memory-epochs", type=float, default=0.1)
     args = p.parse_args(argv)
     import run_all
+
+    if args.large_store:
+        out = args.out or common.RESULTS / "shards.json"
+        payload = json.loads(out.read_text())
+        store, n = str(args.large_store), json.loads((args.large_store / "meta.json").read_text())["num_clips"]
+        payload["cases"].update(run_all.run_cases(importlib.import_module("bench_shards"), [
+            {"id": f"memory-{n}", "fn": "stream_case", "kwargs": {"store": store, "epochs": args.memory_epochs}},
+            {"id": "torchrun-2-processes", "fn": "torchrun_case", "kwargs": {"store": store}}], "cpu", 1, False))
+        payload.setdefault("later_runs", []).append({"env": common.environment("cpu", 1), "store": store,
+                                                     "command": " ".join(sys.argv)})
+        common.write_json(out, payload)
+        return 0
 
     sizes = [2_000, 20_000] if args.quick else [10_000, 100_000, 1_000_000]
     shard_size = 512 if args.quick else SHARD_SIZE
@@ -276,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         run(cases)
         for n in sizes[:-1]:
             shutil.rmtree(work / f"src-{n}")
-        run([{"id": f"memory-{n}", "fn": "stream_case", "kwargs": {"store": str(work / f"shards-{n}"), "epochs": 1.0}}
-             for n in sizes])
+        run([{"id": f"memory-{n}", "fn": "stream_case",  # the largest store: as many clips as the middle one's epoch
+              "kwargs": {"store": str(work / f"shards-{n}"), "epochs": 1.0 if n < big else mid / big}} for n in sizes])
         run([{"id": f"throughput-{w}-workers", "fn": "stream_case",
               "kwargs": {"store": str(work / f"shards-{big}"), "workers": w, "max_s": 5 if args.quick else 30}}
              for w in (0, 1, 2)])
@@ -285,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
               "kwargs": {"store": str(work / f"shards-{big}"), "min_batches": 20 if args.quick else 300}}])
         run([{"id": "format", "fn": "format_case", "kwargs": {
             "shards": str(work / f"shards-{mid}"), "tar_dir": str(work / "tar"), "shard_size": shard_size}}])
+        run([{"id": "torchrun-2-processes", "fn": "torchrun_case",
+              "kwargs": {"store": str(work / f"shards-{big}"), "batches": 20 if args.quick else 200}}])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     payload = {"benchmark": "shards", "title": TITLE, "quick": args.quick,

@@ -212,7 +212,7 @@ def test_two_torchrun_processes_read_disjoint_shards(shards, tmp_path):
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            str(shards.path), str(tmp_path / "out.json")]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     ranks = json.loads((tmp_path / "out.json").read_text())
     plan = EpochPlan(shards.sizes, seed=4, epoch=0, world=2)
