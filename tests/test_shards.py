@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
+
 from vidlang.data.dataset import cut_segment
 from vidlang.data.features import open_store
 from vidlang.data.narration import Utterance

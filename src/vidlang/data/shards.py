@@ -73,7 +73,8 @@ class ShardWriter:
             if not overwrite:
                 raise DataError(f"{self.out} is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
             if not _is_store(self.out):
-                raise DataError(f"refusing to overwrite {self.out}: it is not a {FORMAT} store")
+                raise DataError(f"refusing to overwrite {self.out}: it is not a {FORMAT} store (or one whose "
+                                "writing never finished: it has no meta.json); remove it yourself")
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.dim, self.shard_size, self.dtype, self.fps, self.source = int(dim), shard_size, dtype, fps, source
