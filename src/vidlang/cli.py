@@ -178,6 +178,28 @@ def cmd_extract(args) -> None:
         raise DataError(f"all {summary['videos']} videos failed; see {args.out}/extract_summary.json")
 
 
+def cmd_shard(args) -> None:
+    from vidlang.data.annotations import read_annotations
+    from vidlang.data.features import open_store
+    from vidlang.data.narration import pair_utterances, read_transcripts
+    from vidlang.data.shards import write_shards
+    from vidlang.errors import ConfigError
+
+    if args.pairs and (args.annotations or not args.transcripts):
+        raise ConfigError("--pairs makes MV-GPT (present, future) pairs from --transcripts; it takes no --annotations")
+    store = open_store(args.store, fps=args.fps, allow_pickle=args.allow_pickle)
+    streams = read_transcripts(args.transcripts, allow_pickle=args.allow_pickle) if args.transcripts else None
+    clips = read_annotations(args.annotations) if args.annotations else None
+    if args.pairs:
+        clips = pair_utterances(streams, min_words=args.min_words)
+    out = write_shards(store, args.out, clips=clips, transcripts=streams, shard_size=args.shard_size,
+                       dtype=args.dtype, overwrite=args.overwrite)
+    if args.verify:
+        out.verify()
+    summary = {"out": str(out.path), "clips": len(out), "shards": out.num_shards, "dim": out.dim, "dtype": out.dtype}
+    print(json.dumps(summary) if args.json else f"wrote {len(out)} clips in {out.num_shards} shards to {out.path}")
+
+
 def cmd_serve(args) -> None:
     from vidlang.serve.app import serve
 
@@ -312,6 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query")
     p.add_argument("--top", type=int, default=3, help="clips in the heatmap")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("shard", help="write a feature store (+ captions, ASR) as memory-mapped shards for streaming")
+    p.add_argument("store", help="a feature store: npy folder, stacked npy folder, .h5 or (with --allow-pickle) .pkl")
+    p.add_argument("--out", required=True, help="the sharded store folder to write")
+    p.add_argument("--shard-size", type=int, default=4096, help="clips per shard")
+    p.add_argument("--annotations", help="clips with captions (any vidlang annotation file); default one per video")
+    p.add_argument("--transcripts", help="ASR (HowTo100M json, YouCook2, ActivityNet or .jsonl), stored beside features")
+    p.add_argument("--pairs", action="store_true", help="clips are MV-GPT (present, future) pairs of --transcripts")
+    p.add_argument("--min-words", type=int, default=10, help="with --pairs: words per merged utterance")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored feature type")
+    p.add_argument("--fps", type=float, help="features per second (overrides meta.json)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow .pkl stores/transcripts (runs code: trusted only)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing sharded store at --out")
+    p.add_argument("--verify", action="store_true", help="read every entry back after writing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("serve", help="HTTP search and captioning with a web page (FastAPI; loopback by default)")
     p.add_argument("index", help="an index folder (vidlang index)")
