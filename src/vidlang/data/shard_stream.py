@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vidlang import distributed
 from vidlang.data.dataset import encode_caption, pad_videos, sample_frames
-from vidlang.data.records import _Tensors
+from vidlang.data.records import TensorBatch
 from vidlang.data.shards import ShardedStore
 from vidlang.errors import ConfigError, DataError
 
@@ -169,7 +169,7 @@ class ShardStream:
 
 # ----------------------------------------------------------------------------- items and batches
 @dataclass
-class ClipBatch(_Tensors):
+class ClipBatch(TensorBatch):
     """Clips as stored: padded ``video`` (B, T, D) with ``video_mask``, the global ``clip_index``,
     and the records' text fields (``captions``/``transcripts`` hold None where a clip has none)."""
 
