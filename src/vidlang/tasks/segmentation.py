@@ -23,7 +23,12 @@ from vidlang.data.dataset import pad_videos
 from vidlang.data.features import open_store
 from vidlang.data.records import TensorBatch
 from vidlang.data.sources import Source, select_split, split_clips
-from vidlang.data.step_world import StepWorld, check_lengths, majority_label, read_step_world
+from vidlang.data.step_world import (
+    StepWorld,
+    check_lengths,
+    majority_label,
+    read_step_world,
+)
 from vidlang.errors import ConfigError, DataError
 from vidlang.evaluation.protocol import held_out
 from vidlang.evaluation.segmentation import frame_accuracy
@@ -97,7 +102,7 @@ def build_frame_experiment(cfg: Config) -> Experiment:
     world, store = open_world(cfg)
     source = Source(store, world.clips())
     splits = split_clips(source, cfg.data, cfg.train.seed)
-    make = lambda clips: FrameLabelledVideos(sorted({c.video_id for c in clips}), store, world) if clips else None  # noqa: E731
+    make = lambda clips: FrameLabelledVideos(sorted({c.video_id for c in clips}), store, world) if clips else None
     train_set, val_set, test_set = make(splits.train), make(splits.validation), make(splits.test)
     for ds, clips in ((train_set, splits.train), (val_set, splits.validation), (test_set, splits.test)):
         if ds is not None:

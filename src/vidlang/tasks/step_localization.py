@@ -86,7 +86,7 @@ def baselines(world: StepWorld, video_ids: list[str], seeds=(0, 1, 2)) -> dict:
     rand = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        rand.append(recall_of(world, video_ids, lambda vid, t, k: random_assignment(t, k, rng))["recall"])
+        rand.append(recall_of(world, video_ids, lambda vid, t, k, rng=rng: random_assignment(t, k, rng))["recall"])
     return {"evenly_spread_recall": evenly, "random_recall": float(np.mean(rand)),
             "random_recall_std": float(np.std(rand))}
 

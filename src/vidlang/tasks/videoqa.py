@@ -28,7 +28,12 @@ from vidlang.evaluation.qa import answers_from_logits, qa_accuracy
 from vidlang.models.loading import model_from_checkpoint
 from vidlang.models.qa_head import VideoQAModel
 from vidlang.tasks.base import Experiment, Task, experiment_manifest
-from vidlang.tasks.segmentation import encoder_source, load_encoder_weights, open_world, scored_videos
+from vidlang.tasks.segmentation import (
+    encoder_source,
+    load_encoder_weights,
+    open_world,
+    scored_videos,
+)
 
 
 @dataclass
@@ -80,7 +85,7 @@ def collate_questions(items: list[dict]) -> QABatch:
 
 def answer_priors(pairs: list[QAPair]) -> dict:
     """The most frequent training answer, overall and per question type (ties: alphabetical)."""
-    top = lambda answers: build_answer_vocab(answers, 1)[0]  # noqa: E731
+    top = lambda answers: build_answer_vocab(answers, 1)[0]
     types = sorted({str(p.qtype) for p in pairs})
     return {"overall": top([p.answer for p in pairs]),
             "per_type": {t: top([p.answer for p in pairs if str(p.qtype) == t]) for t in types}}
@@ -101,7 +106,7 @@ def build_experiment(cfg: Config) -> Experiment:
     train_ids = sorted({c.video_id for c in splits.train})
     train_pairs = world.qa_pairs(train_ids)
     vocab = build_answer_vocab([q.answer for q in train_pairs], p.num_answers)
-    make = lambda clips: QuestionSet(world, store, sorted({c.video_id for c in clips}), tokenizer, vocab,  # noqa: E731
+    make = lambda clips: QuestionSet(world, store, sorted({c.video_id for c in clips}), tokenizer, vocab,
                                      cfg.data.max_frames, cfg.data.max_words) if clips else None
     train_set, val_set, test_set = make(splits.train), make(splits.validation), make(splits.test)
     for ds, clips in ((train_set, splits.train), (val_set, splits.validation), (test_set, splits.test)):
