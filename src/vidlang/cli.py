@@ -26,7 +26,39 @@ def cmd_train(args) -> None:
     print(f"checkpoints and logs: {cfg.train.out_dir}")
 
 
+def cmd_evaluate_task(args) -> None:
+    """``--task`` other than retrieval: the task's own scoring of a checkpoint on a task-world folder."""
+    from vidlang.errors import ConfigError
+    from vidlang.evaluation.protocol import describe
+    from vidlang.report import format_table, write_result_json
+    from vidlang.tasks import get_task
+
+    task = get_task(args.task)
+    if task.score_checkpoint is None:
+        raise ConfigError(f"task {args.task!r} has no checkpoint scoring; train it with a recipe (vidlang train)")
+    data = Path(args.data)
+    annotations = Path(args.annotations) if args.annotations else data / "world.json"
+    features = Path(args.features) if args.features else data / "features"
+    metrics, info = task.score_checkpoint(args.checkpoint, annotations, features, split=args.split, device=args.device,
+                                          allow_train_overlap=args.allow_train_overlap)
+    split_name = Path(args.split).name if args.split else "all"
+    split, protocol = f"{data.name}:{split_name}", info.pop("protocol")
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "results" / f"{args.task}-{data.name}-{split_name}.json"
+    write_result_json(out, metrics, split=split, scoring=protocol,
+                      extra={"task": args.task, "checkpoint": str(args.checkpoint), "data": str(data), **info})
+    if args.json:
+        print(json.dumps({"task": args.task, "split": split, "protocol": protocol, "ids_sha256": info["ids_sha256"],
+                          "metrics": metrics, "result_file": str(out)}, indent=2))
+    else:
+        print(f"task {args.task}  split {split}\nprotocol: {protocol}")
+        print(describe(info))
+        print(format_table({args.task: metrics}, list(task.show_keys(None)), digits=2))
+        print(f"written to {out}")
+
+
 def cmd_evaluate(args) -> None:
+    if args.task != "retrieval":
+        return cmd_evaluate_task(args)
     from vidlang.evaluation.protocol import describe
     from vidlang.evaluation.retrieval import evaluate_folder
     from vidlang.inference import load_model
@@ -237,12 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="text-video retrieval metrics of a checkpoint on a data folder")
+    p = sub.add_parser("evaluate", help="a checkpoint's metrics on a data folder: retrieval, or --task TASK")
     p.add_argument("checkpoint", help="a checkpoint folder or a run folder (uses its best checkpoint)")
-    p.add_argument("--data", required=True, help="folder laid out like msrvtt-ae128-dev")
-    p.add_argument("--split", help="id list file: evaluate only these videos (default: every video)")
-    p.add_argument("--features", help="feature store (default: --data)")
-    p.add_argument("--annotations", help="annotation file (default: DATA/annotations.json)")
+    p.add_argument("--data", required=True, help="folder laid out like msrvtt-ae128-dev (retrieval) or a task world")
+    p.add_argument("--task", default="retrieval", choices=["retrieval", "segmentation", "step_localization", "videoqa"],
+                   help="retrieval (TACo, default); the others read a task world (world.json + features/)")
+    p.add_argument("--split", help="id list file (or, with --task, a split name): only these videos (default: all)")
+    p.add_argument("--features", help="feature store (default: --data; with --task: DATA/features)")
+    p.add_argument("--annotations", help="annotation file (default: DATA/annotations.json; with --task: DATA/world.json)")
     p.add_argument("--scoring", help="exact | cascade | s1 | s2 | s3 | s1+s2 | s1+s3 ... (default: the config's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", help="result JSON path (default: CHECKPOINT/results/...)")

@@ -138,6 +138,7 @@ class ProbeConfig:
     finetune: bool = False  # false: a linear probe on the frozen encoder; true: train the encoder with the head
     hidden: int = 0  # 0: a linear head; N: one hidden layer of N
     dropout: float = 0.0
+    num_answers: int = 1000  # videoqa: the K most frequent training answers the classifier chooses from
 
 
 @dataclass

@@ -34,9 +34,12 @@ def build_model(kind: str, cfg: Config, meta: dict) -> torch.nn.Module:
         model.decoder.set_output_vocab(meta.get("output_vocab"))
         return model
     if kind == "probe":
+        from vidlang.models.frame_probe import FrameProbe
         from vidlang.models.probe import ProbeModel
+        from vidlang.models.qa_head import VideoQAModel
 
-        return ProbeModel.from_meta(meta)
+        head = meta["probe"].get("head", "video")  # what sits on the encoder: one class per video, frame or answer
+        return {"video": ProbeModel, "frames": FrameProbe, "answers": VideoQAModel}[head].from_meta(meta)
     raise CheckpointError(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")
 
 

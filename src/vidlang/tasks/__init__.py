@@ -14,6 +14,9 @@ TASKS = {
     "taco": "vidlang.tasks.taco",  # TACo retrieval: L1 + L2 + L3 with cascade negatives
     "mvgpt": "vidlang.tasks.mvgpt",  # MV-GPT pretraining (FG/BG/MLM) and captioning
     "classify": "vidlang.tasks.classify",  # action / category classification: a probe on a video encoder
+    "segmentation": "vidlang.tasks.segmentation",  # COIN-style action segmentation: a per-frame head
+    "step_localization": "vidlang.tasks.step_localization",  # CrossTask: frame x step scores + Zhukov DP
+    "videoqa": "vidlang.tasks.videoqa",  # open-ended VideoQA: MV-GPT encoder + top-K answer classifier
 }
 
 

@@ -51,6 +51,9 @@ class Task:
     unused_parameters: Callable[[Config], bool] = lambda cfg: False
     before_step: Callable[[torch.nn.Module, int], None] = lambda model, step: None
     scoring: Callable[[Config], str] = lambda cfg: cfg.eval.scoring  # stamped in results: how validation scores
+    # ``vidlang evaluate CKPT --task NAME``: (checkpoint, annotations, features, split, device,
+    # allow_train_overlap) -> (metrics, info with the held_out stamp and "protocol"); None: retrieval only
+    score_checkpoint: Callable[..., tuple[dict, dict]] | None = None
 
 
 def experiment_manifest(source, splits, train_set, val_set=None, test_set=None) -> dict:
