@@ -7,8 +7,9 @@ Scores are fractions (CIDEr 0.60 = the "60" some papers print).
 
 Needs Java: the tokenizer and METEOR are jars. :func:`preflight` says what is missing; no other
 METEOR is ever substituted. Without Java and with ``meteor=False``, the tokenisation is done by
-:mod:`vidlang.text.ptb` (a Python copy of the jar's, with a warning) and BLEU/ROUGE-L/CIDEr still run. METEOR's JVM takes ~7 s to start, so a :class:`CaptionScorer` keeps
-one alive across calls (``with CaptionScorer() as s: ...``); :func:`caption_metrics` is one-shot.
+:mod:`vidlang.text.ptb` (a Python copy of the jar's, with a warning) and BLEU/ROUGE-L/CIDEr still run.
+METEOR's JVM takes ~7 s to start, so a :class:`CaptionScorer` keeps one alive across calls
+(``with CaptionScorer() as s: ...``); :func:`caption_metrics` is one-shot.
 
 Also here: :class:`CiderD`, a vectorised CIDEr-D (the formula of pycocoevalcap's CiderScorer, with
 its n-gram counting) for scoring many candidate captions against many references at once, as
