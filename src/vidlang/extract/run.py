@@ -154,7 +154,7 @@ def _write_entry(out: Path, vid: str, path: Path, feats: np.ndarray, info: dict,
 
 def extract_features(
     videos: str | os.PathLike | Sequence[str | os.PathLike],
-    backbone: str | Backbone,
+    backbone: str | Backbone | None,
     out: str | os.PathLike,
     *,
     weights: str | None = None,
@@ -175,8 +175,9 @@ def extract_features(
 
     Sampling: ``fps`` (default 1 frame/s), or ``num_frames`` per video, or ``window``/``stride``
     seconds at ``fps`` pooled by ``pool`` ("mean" | "stack"); see :mod:`vidlang.extract.video`.
-    ``backbone``: "tiny" | "clip" | "resnet" (with ``weights``) or a Backbone; ``frame_size`` defaults
-    to the backbone's input size. Videos decode in ``workers`` processes; the backbone runs here in
+    ``backbone``: "efficientnet-lite0" | "tiny" | "clip" | "resnet" (with ``weights``), a Backbone, or None
+    (efficientnet-lite0 when installed); ``frame_size`` defaults to the backbone's decode size (its input
+    size, or 256 for efficientnet-lite0, which centre-crops 224 as timm does). Videos decode in ``workers`` processes; the backbone runs here in
     batches of ``batch_size`` frames. Finished videos are skipped; bad videos are reported and skipped.
     ``on_video(video_id, status)`` is called after each video ("done" | "failed").
     Returns the summary dict, also written to ``out/extract_summary.json``.
@@ -189,7 +190,7 @@ def extract_features(
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     items = list_videos(videos)  # bad input fails before the (slow) model load
     bb = load_backbone(backbone, weights, device=device, dim=dim)
-    frame_size = bb.input_size if frame_size is None else frame_size
+    frame_size = getattr(bb, "decode_size", bb.input_size) if frame_size is None else frame_size
     if not isinstance(frame_size, int) or frame_size < 8:
         raise ConfigError(f"frame_size must be an integer >= 8, got {frame_size!r}")
     extractor = extractor_record(bb, sampling, frame_size)

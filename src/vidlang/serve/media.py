@@ -151,6 +151,10 @@ class UploadExtractor:
         name = str(record["backbone"])
         if name == "tiny-untrained":
             bb = TinyBackbone(int(record.get("frame_dim", record["dim"])), device, warn=False)
+        elif name == "efficientnet-lite0":  # packaged weights, sha256-checked at load
+            from vidlang.extract.efficientnet import EfficientNetLite0Backbone
+
+            bb = EfficientNetLite0Backbone(device=device)
         else:
             weights = weights or _summary_weights(store_path)
             if not weights:
