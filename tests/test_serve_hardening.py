@@ -86,8 +86,6 @@ def test_upload_length_is_counted_while_decoding(served, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- Host and Origin
 def test_foreign_host_and_cross_origin_writes_are_refused(served):
-    from vidlang.serve_http import allowed_hosts_for
-
     port = served["url"].rsplit(":", 1)[1]
     assert get(served, "/health", headers={"Host": f"attacker.example:{port}"}).status_code == 400  # DNS rebinding
     assert get(served, "/health", headers={"Host": f"localhost:{port}"}).status_code == 200
@@ -103,6 +101,8 @@ def test_foreign_host_and_cross_origin_writes_are_refused(served):
     assert post(served, "/api/caption/clip", json=body,
                 headers={"Referer": served["url"] + "/", "Sec-Fetch-Site": "same-origin"}).status_code == 200
     assert get(served, "/api/search", params={"q": "ball"}, headers={"Origin": "http://a.example"}).status_code == 200
+    from vidlang.serve_http import allowed_hosts_for
+
     assert allowed_hosts_for("127.0.0.1") == ["127.0.0.1", "localhost", "[::1]"]
     assert allowed_hosts_for("0.0.0.0", ["vids.lan"]) == ["127.0.0.1", "localhost", "[::1]", "vids.lan"]
     assert allowed_hosts_for("192.168.1.5")[-1] == "192.168.1.5"
@@ -158,8 +158,6 @@ def test_error_bodies_match_the_documented_schema(served):
 
 # ----------------------------------------------------------------------------- no file-system paths
 def test_no_file_system_path_in_any_body(served, tmp_path):
-    from vidlang.serve_http import scrub_paths
-
     leaks = re.compile(r"/tmp/|/home/|/root/|/work/|upload\.bin|pytest-of")
     h = get(served, "/health")
     assert not leaks.search(h.text), h.text
@@ -168,6 +166,8 @@ def test_no_file_system_path_in_any_body(served, tmp_path):
     for data in (fake_mp4, broken_mkv):
         res = post(served, "/api/caption/upload", files={"file": ("x.mp4", data)})
         assert res.status_code == 415 and not leaks.search(res.text), res.text
+    from vidlang.serve_http import scrub_paths
+
     assert scrub_paths("cannot open '/tmp/vidlang-upload-x1/upload.bin' (see /home/a/b)") == \
         "cannot open '<path>' (see <path>)"
     assert scrub_paths("see http://127.0.0.1:8000/api/x") == "see http://127.0.0.1:8000/api/x"

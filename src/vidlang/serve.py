@@ -246,11 +246,11 @@ def create_app(index, captioner=None, media_root: str | Path | None = None, *, c
         index = load_index(index, checkpoint)
     if captioner is not None and not isinstance(captioner, LoadedCaptioner):
         captioner = load_model(captioner, kind="mvgpt")
-    max_upload_frames = int(max_upload_frames or max_upload_seconds * 60)
-    if not (max_upload_mb > 0 and max_upload_seconds > 0 and max_upload_frames > 0 and 1 <= max_k <= 10_000
-            and query_cache >= 1):
-        raise ConfigError("max_upload_mb, max_upload_seconds, max_upload_frames must be > 0, max_k in 1..10000 "
-                          "and query_cache >= 1")
+    if not (0 < max_upload_mb < float("inf") and 0 < max_upload_seconds < float("inf") and 1 <= max_k <= 10_000
+            and query_cache >= 1 and (max_upload_frames is None or max_upload_frames > 0)):
+        raise ConfigError("max_upload_mb, max_upload_seconds (finite) and max_upload_frames must be > 0, max_k in "
+                          "1..10000 and query_cache >= 1")
+    max_upload_frames = int(max_upload_frames or -(-max_upload_seconds * 60 // 1))
     _bound_query_caches(index, query_cache)
     store, store_error = _open_store(index)
     if captioner is not None:
@@ -423,4 +423,7 @@ def serve(index: str, checkpoint: str | None = None, captioner: str | None = Non
     log.info("answering Host headers %s", ", ".join(hosts))
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines (no authentication)", host)
+    if host in ("0.0.0.0", "::") and not allowed_hosts:
+        log.warning("bound to all addresses but answering only loopback Host names: give --allowed-host NAME "
+                    "for each name clients use to reach this machine")
     uvicorn.run(app, host=host, port=port, log_level="info")
