@@ -22,7 +22,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(served, tmp_
     seed = os.environ.get("VIDLANG_SCHEMATHESIS_SEED")
     if seed:
         cmd += ["--seed", seed]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS + 120, cwd=tmp_path)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS + 120, cwd=tmp_path, check=False)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
     assert "Tested: 6" in out and " passed" in out, out[-3000:]
