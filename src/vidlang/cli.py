@@ -251,7 +251,8 @@ def cmd_serve(args) -> None:
 
     serve(args.index, args.checkpoint, args.captioner, args.media_root, args.host, args.port,
           max_upload_mb=args.max_upload_mb, max_upload_seconds=args.max_upload_seconds, max_k=args.max_k,
-          extractor_weights=args.extractor_weights, cache_dir=args.cache_dir, device=args.device)
+          extractor_weights=args.extractor_weights, cache_dir=args.cache_dir, device=args.device,
+          max_upload_frames=args.max_upload_frames, allowed_hosts=args.allowed_host)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,7 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=50, help="largest uploaded video (413 above)")
-    p.add_argument("--max-upload-seconds", type=float, default=120, help="longest uploaded video")
+    p.add_argument("--max-upload-seconds", type=float, default=120,
+                   help="longest uploaded video, counted while decoding (a container's claim is not trusted)")
+    p.add_argument("--max-upload-frames", type=int, help="most decoded frames of an upload (default 60/s allowed)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this Host name (repeatable; default: the bound host and "
+                        "loopback names only, against DNS rebinding)")
     p.add_argument("--max-k", type=int, default=100, help="most results one search may ask for")
     p.add_argument("--extractor-weights", help="clip/resnet weights of the index's extractor (checked by sha256)")
     p.add_argument("--cache-dir", help="frame-strip JPEG cache (default $VIDLANG_CACHE/serve)")

@@ -43,10 +43,14 @@ def cut_segment(features: np.ndarray, start: float | None, end: float | None, fp
     hi = n / fps if end is None else float(end)
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         raise DataError(f"clip of video {video_id!r} has a bad segment [{start}, {end}]")
-    first = min(max(math.floor(lo * fps), 0), n)
-    last = min(max(math.ceil(hi * fps), 0), n)
+    lo_f, hi_f = lo * fps, hi * fps  # in frames; clamped before int(): 1e308 s times fps is inf
+    if not (math.isfinite(lo_f) and math.isfinite(hi_f)):
+        raise DataError(f"clip of video {video_id!r} has a segment [{start}, {end}] too large for its fps {fps}")
+    first = min(max(math.floor(min(lo_f, n)), 0), n)
+    last = min(max(math.ceil(min(hi_f, n)), 0), n)
     if last <= first:  # empty span: nearest frame to its middle
-        mid = min(max(math.floor((lo + hi) / 2 * fps), 0), n - 1)
+        m = (lo + hi) / 2 * fps
+        mid = min(max(math.floor(min(m if math.isfinite(m) else lo_f / 2 + hi_f / 2, n)), 0), n - 1)
         return features[mid:mid + 1]
     return features[first:last]
 

@@ -144,16 +144,26 @@ def resize_crop(frame: Any, size: int) -> np.ndarray:
     return np.ascontiguousarray(rgb[top:top + size, left:left + size])
 
 
-def _frames_with_time(container: Any, stream: Any) -> Iterator[tuple[float, Any]]:
-    """Decoded frames in presentation order with their time in seconds from the first frame."""
+class VideoTooLong(DataError):
+    """A video that decodes past a limit of seconds or frames (whatever its container says)."""
+
+
+def _frames_with_time(container: Any, stream: Any, max_seconds: float | None = None,
+                      max_frames: int | None = None) -> Iterator[tuple[float, Any]]:
+    """Decoded frames in presentation order with their time in seconds from the first frame;
+    VideoTooLong as soon as the decoded time passes ``max_seconds`` or the frames ``max_frames``."""
     t0, last = None, -1.0
     for i, frame in enumerate(container.decode(stream)):
+        if max_frames is not None and i >= max_frames:
+            raise VideoTooLong(f"the video decodes to more than {max_frames} frames")
         t = frame.time
         if t is None:  # no timestamps: assume a constant rate
             rate = float(stream.average_rate or 25)
             t = i / rate
         t0 = t if t0 is None else t0
         last = max(t - t0, last)
+        if max_seconds is not None and last > max_seconds:
+            raise VideoTooLong(f"the video decodes to more than {max_seconds:g} s")
         yield last, frame
 
 
@@ -163,11 +173,12 @@ def _frame_duration(stream: Any, last_frame: Any) -> float:
     return 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
 
 
-def _sample_at_fps(container: Any, stream: Any, fps: float, size: int) -> tuple[list[np.ndarray], int, float]:
+def _sample_at_fps(container: Any, stream: Any, fps: float, size: int,
+                   limits: dict | None = None) -> tuple[list[np.ndarray], int, float]:
     """The frame on screen at t = k/fps for each k with t < duration (one decoding pass)."""
     out: list[np.ndarray] = []
     prev, prev_rgb, n, t = None, None, 0, 0.0
-    for t, frame in _frames_with_time(container, stream):
+    for t, frame in _frames_with_time(container, stream, **(limits or {})):
         while len(out) / fps < t:  # targets before this frame show the previous one
             if prev_rgb is None:
                 prev_rgb = resize_crop(prev if prev is not None else frame, size)
@@ -182,24 +193,31 @@ def _sample_at_fps(container: Any, stream: Any, fps: float, size: int) -> tuple[
     return out, n, end
 
 
-def _count_frames(path: Path) -> int:
+def _count_frames(path: Path, max_frames: int | None = None) -> int:
     """Frames of the first video stream, by demuxing only (no decoding)."""
     import av
 
+    n = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        return sum(1 for p in container.demux(stream) if p.size)
+        for p in container.demux(stream):
+            n += bool(p.size)
+            if max_frames is not None and n > max_frames:
+                raise VideoTooLong(f"the video holds more than {max_frames} frames")
+    return n
 
 
-def _sample_uniform(container: Any, stream: Any, path: Path, num: int, size: int) -> tuple[list[np.ndarray], int, float]:
-    n_est = _count_frames(path)
+def _sample_uniform(container: Any, stream: Any, path: Path, num: int, size: int,
+                    limits: dict | None = None) -> tuple[list[np.ndarray], int, float]:
+    limits = limits or {}
+    n_est = _count_frames(path, limits.get("max_frames"))
     if n_est == 0:
         return [], 0, 0.0
     wanted = [min(math.floor((k + 0.5) * n_est / num), n_est - 1) for k in range(num)]
     picked: dict[int, np.ndarray] = {}
     todo = set(wanted)
     n, t, frame = 0, 0.0, None
-    for t, frame in _frames_with_time(container, stream):
+    for t, frame in _frames_with_time(container, stream, **limits):
         if n in todo:
             picked[n] = resize_crop(frame, size)
         n += 1
@@ -211,11 +229,14 @@ def _sample_uniform(container: Any, stream: Any, path: Path, num: int, size: int
     return [picked.get(i, last) for i in wanted], n, end
 
 
-def decode_video(path: str | os.PathLike, sampling: Sampling, frame_size: int) -> tuple[np.ndarray, dict]:
+def decode_video(path: str | os.PathLike, sampling: Sampling, frame_size: int, max_seconds: float | None = None,
+                 max_frames: int | None = None) -> tuple[np.ndarray, dict]:
     """Decode ``path`` and return (uint8 RGB frames (N, S, S, 3), info about the video).
 
-    Raises :class:`DataError` for empty files or files without decodable video; PyAV's own errors
-    (``av.FFmpegError``, e.g. ``InvalidDataError``) propagate for unreadable containers.
+    Raises :class:`DataError` for empty files or files without decodable video, :class:`VideoTooLong`
+    once decoding passes ``max_seconds`` of video or ``max_frames`` frames (counted while decoding, so a
+    container that states no or a false duration is stopped too); PyAV's own errors (``av.FFmpegError``,
+    e.g. ``InvalidDataError``) propagate for unreadable containers.
     """
     import av
 
@@ -229,10 +250,11 @@ def decode_video(path: str | os.PathLike, sampling: Sampling, frame_size: int) -
             raise DataError(f"{path} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        limits = {"max_seconds": max_seconds, "max_frames": max_frames}
         if sampling.mode == "frames":
-            frames, n, duration = _sample_uniform(container, stream, path, sampling.num_frames, frame_size)
+            frames, n, duration = _sample_uniform(container, stream, path, sampling.num_frames, frame_size, limits)
         else:
-            frames, n, duration = _sample_at_fps(container, stream, sampling.fps, frame_size)
+            frames, n, duration = _sample_at_fps(container, stream, sampling.fps, frame_size, limits)
         info = {"frames_decoded": n, "duration": round(duration, 4), "codec": stream.codec_context.name,
                 "native_fps": float(stream.average_rate) if stream.average_rate else None,
                 "width": stream.codec_context.width, "height": stream.codec_context.height}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from cachetools import LRUCache
 from torch import nn
 
 
@@ -59,7 +60,10 @@ class VideoEncoder(nn.Module):
         return Encoded(x, mask, masked_mean(x, mask))
 
 
-_FROZEN_OUTPUTS: dict[str, dict[tuple[int, ...], torch.Tensor]] = {}
+# Frozen encoder outputs per token sequence, per encoder, LRU-bounded (a training set of MSR-VTT's
+# 180k captions fits; a server shrinks its own with TextEncoder.limit_cache).
+FROZEN_CACHE_SIZE = 200_000
+_FROZEN_OUTPUTS: dict[str, LRUCache] = {}
 
 
 class TextEncoder(nn.Module):
@@ -93,7 +97,9 @@ class TextEncoder(nn.Module):
         self.pooling = pooling
         self.trainable_layers = trainable_layers
         # frozen outputs depend only on the pretrained weights: share them across models of a process
-        self._cache = _FROZEN_OUTPUTS.setdefault(str(path), {}) if trainable_layers == 0 and not config_only else {}
+        shared = trainable_layers == 0 and not config_only
+        self._cache = _FROZEN_OUTPUTS.setdefault(str(path), LRUCache(FROZEN_CACHE_SIZE)) if shared \
+            else LRUCache(FROZEN_CACHE_SIZE)
         if trainable_layers >= 0:
             self.bert.requires_grad_(False)
             if trainable_layers > 0:
@@ -103,6 +109,10 @@ class TextEncoder(nn.Module):
     @property
     def frozen(self) -> bool:
         return self.trainable_layers == 0
+
+    def limit_cache(self, size: int) -> None:
+        """Give this encoder its own LRU cache of at most ``size`` frozen outputs (e.g. for a server)."""
+        self._cache = LRUCache(max(1, int(size)))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -115,15 +125,16 @@ class TextEncoder(nn.Module):
             return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         lengths = attention_mask.sum(1).tolist()
         keys = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths)]
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        found = {k: v for k in keys if (v := self._cache.get(k)) is not None}  # held here: the LRU may evict
+        missing = [i for i, k in enumerate(keys) if k not in found]
         if missing:  # full precision even under autocast: the cache is shared by every later run
             with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
                 out = self.bert(input_ids=input_ids[missing], attention_mask=attention_mask[missing]).last_hidden_state
             for row, i in enumerate(missing):
-                self._cache[keys[i]] = out[row, : lengths[i]].detach()
+                found[keys[i]] = self._cache[keys[i]] = out[row, : lengths[i]].detach()
         hidden = input_ids.new_zeros((*input_ids.shape, self.bert.config.hidden_size), dtype=torch.float32)
         for i, key in enumerate(keys):
-            hidden[i, : lengths[i]] = self._cache[key]
+            hidden[i, : lengths[i]] = found[key]
         return hidden
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:

@@ -8,10 +8,13 @@
     GET  /media/{path}                videos and images under the media root only
     GET  /                            the web page (vidlang/web); the OpenAPI schema is /openapi.json
 
-Errors are JSON ``{"detail": message}``: bad input gets a 4xx (vidlang's DataError 422, ConfigError 400,
-CheckpointError 409, a non-video upload 415, a too large one 413, a path outside the media root 403).
-Uploads are decoded with the extractor that wrote the index's features (same backbone weights, by
-sha256, same sampling and frame size) or refused. No pickle is read anywhere.
+Errors are JSON ``{"detail": message}`` (serve.guards.ErrorOut, documented per route): bad input gets a 4xx
+(vidlang's DataError and invalid parameters 422, ConfigError 400, CheckpointError 409, a non-video upload 415,
+a too large one 413, a path outside the media root or a cross-origin POST 403); no body names a server path.
+Only the bound host names are answered (Host header), so DNS rebinding reaches nothing. Uploads are decoded
+with the extractor that wrote the index's features (same backbone weights, by sha256, same sampling and frame
+size) or refused, and decoding stops at --max-upload-seconds of decoded video whatever the container claims.
+Caches are LRU-bounded (query tags, frozen text-encoder outputs, video URLs, strip files). No pickle is read.
 """
 import logging  # no `from __future__ import annotations`: FastAPI reads the route annotations, closures included
 import queue
@@ -22,90 +25,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+from cachetools import LRUCache
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.formparsers import MultiPartParser
 
-from vidlang.errors import CheckpointError, ConfigError, DataError, VidlangError
-from vidlang.serve.media import (
-    MediaRefused,
-    UnsupportedMedia,
-    UploadExtractor,
-    default_cache,
-    media_path,
-    media_url,
-    probe_video,
-    sniff_container,
-    source_video,
-    strip_jpeg,
-    strip_times,
-)
+from vidlang.errors import ConfigError, VidlangError
+from vidlang.serve.schemas import CaptionOut, ClipCaptionIn, HealthOut, SearchOut
+from vidlang.serve.guards import allowed_hosts_for, error_responses, install_errors, install_guards, scrub_paths
+from vidlang.serve.media import (UploadExtractor, default_cache, media_path, media_url, probe_video, sniff_container,
+                                 source_video, strip_jpeg, strip_times)
 
 log = logging.getLogger("vidlang.serve")
 WEB = Path(__file__).with_name("web")
 MAX_QUERY_CHARS = 500
-_STATUS = ((UnsupportedMedia, 415), (MediaRefused, 403), (DataError, 422), (ConfigError, 400), (CheckpointError, 409))
-
-
-# ----------------------------------------------------------------------------- response shapes
-class WordOut(BaseModel):
-    word: str
-    start_s: float | None = Field(description="start (s) of the span where the word matches")
-    end_s: float | None
-    frame: int = Field(description="encoded frame of the best match")
-    score: float
-    per_frame: list[float] = Field(description="similarity of the word to each encoded frame: the heat strip")
-    span: tuple[int, int]
-    char_start: int
-    char_end: int
-    weight: float
-
-
-class HitOut(BaseModel):
-    rank: int
-    video_id: str
-    score: float
-    s1: float
-    s2: float
-    s3: float | None
-    clip_index: int = Field(description="row of the index")
-    start_s: float | None
-    end_s: float | None
-    frames: list[int]
-    frame_times: list[float] | None
-    alignments: list[WordOut]
-    video_url: str | None = Field(description="/media/... when the source video is under the media root")
-    strip_url: str
-
-
-class SearchOut(BaseModel):
-    query: str
-    k: int
-    clips: int = Field(description="clips in the index")
-    hits: list[HitOut]
-
-
-class ClipCaptionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    video_id: str = Field(min_length=1, max_length=512)
-    start: float | None = Field(None, ge=0, allow_inf_nan=False, description="seconds; default: the video's start")
-    end: float | None = Field(None, ge=0, allow_inf_nan=False, description="seconds; default: the video's end")
-
-
-class CaptionOut(BaseModel):
-    caption: str
-    decoding: str
-    features: int = Field(description="feature rows the caption was generated from")
-    video_id: str | None = None
-    start: float | None = None
-    end: float | None = None
-    duration: float | None = None
-    extractor: str | None = None
+_URL_LOCK = threading.Lock()
+QUERY_CACHE = 1024  # LRU entries of per-query caches (POS tags, frozen text-encoder outputs)
 
 
 # ----------------------------------------------------------------------------- captions in batches
@@ -156,12 +95,13 @@ class ServeState:
     cache_dir: Path = field(default_factory=default_cache)
     max_upload_bytes: int = 50 << 20
     max_upload_seconds: float = 120.0
+    max_upload_frames: int = 7200
     max_k: int = 100
     uploads: UploadExtractor | None = None
     store: Any = None
     store_error: str | None = None
     captions: CaptionBatcher | None = None
-    _urls: dict = field(default_factory=dict)
+    _urls: LRUCache = field(default_factory=lambda: LRUCache(4096))
 
     @property
     def store_path(self) -> Path | None:
@@ -169,9 +109,13 @@ class ServeState:
         return Path(p) if p else None
 
     def video_url(self, video_id: str) -> str | None:
-        if video_id not in self._urls:
-            self._urls[video_id] = media_url(self.media_root, source_video(self.store_path, video_id, self.media_root))
-        return self._urls[video_id]
+        with _URL_LOCK:  # an LRU reorders on reads too
+            if video_id in self._urls:
+                return self._urls[video_id]
+        url = media_url(self.media_root, source_video(self.store_path, video_id, self.media_root))
+        with _URL_LOCK:
+            self._urls[video_id] = url
+        return url
 
     def extractor_record(self) -> dict | None:
         return index_extractor(self.index)
@@ -216,9 +160,14 @@ def _open_store(index):
 # ----------------------------------------------------------------------------- the app
 def create_app(index, captioner=None, media_root: str | Path | None = None, *, checkpoint=None,
                cache_dir: str | Path | None = None, max_upload_mb: float = 50, max_upload_seconds: float = 120,
-               extractor_weights: str | None = None, max_k: int = 100, device: str = "cpu") -> FastAPI:
+               extractor_weights: str | None = None, max_k: int = 100, device: str = "cpu",
+               max_upload_frames: int | None = None, allowed_hosts: list[str] | None = None,
+               query_cache: int = QUERY_CACHE) -> FastAPI:
     """The FastAPI app. ``index``: a ClipIndex or an index folder (searched with ``checkpoint``, default
-    the one it records); ``captioner``: a LoadedCaptioner, an MV-GPT checkpoint/run folder, or None."""
+    the one it records); ``captioner``: a LoadedCaptioner, an MV-GPT checkpoint/run folder, or None.
+    ``max_upload_frames``: most frames an upload may decode to (default 60 per allowed second);
+    ``allowed_hosts``: Host-header names answered (default the loopback names, see allowed_hosts_for);
+    ``query_cache``: LRU size of the per-query caches (POS tags, frozen text-encoder outputs)."""
     from vidlang.inference import LoadedCaptioner, load_model
     from vidlang.retrieval.index import ClipIndex, load_index
 
@@ -226,8 +175,12 @@ def create_app(index, captioner=None, media_root: str | Path | None = None, *, c
         index = load_index(index, checkpoint)
     if captioner is not None and not isinstance(captioner, LoadedCaptioner):
         captioner = load_model(captioner, kind="mvgpt")
-    if not (max_upload_mb > 0 and max_upload_seconds > 0 and 1 <= max_k <= 10_000):
-        raise ConfigError("max_upload_mb and max_upload_seconds must be > 0 and max_k in 1..10000")
+    if not (0 < max_upload_mb < float("inf") and 0 < max_upload_seconds < float("inf") and 1 <= max_k <= 10_000
+            and query_cache >= 1 and (max_upload_frames is None or max_upload_frames > 0)):
+        raise ConfigError("max_upload_mb, max_upload_seconds (finite) and max_upload_frames must be > 0, max_k in "
+                          "1..10000 and query_cache >= 1")
+    max_upload_frames = int(max_upload_frames or -(-max_upload_seconds * 60 // 1))
+    _bound_query_caches(index, query_cache)
     store, store_error = _open_store(index)
     if captioner is not None:
         _check_captioner(index, captioner, store)
@@ -235,8 +188,8 @@ def create_app(index, captioner=None, media_root: str | Path | None = None, *, c
     if root is not None and not root.is_dir():
         raise ConfigError(f"media root {media_root} is not a folder")
     state = ServeState(index, captioner, root, Path(cache_dir) if cache_dir else default_cache(),
-                       int(max_upload_mb * (1 << 20)), float(max_upload_seconds), max_k, store=store,
-                       store_error=store_error)
+                       int(max_upload_mb * (1 << 20)), float(max_upload_seconds), max_upload_frames, max_k,
+                       store=store, store_error=store_error)
     if captioner is not None:
         state.captions = CaptionBatcher(captioner)
         state.uploads = UploadExtractor(state.extractor_record(), extractor_weights, state.store_path, device)
@@ -244,40 +197,27 @@ def create_app(index, captioner=None, media_root: str | Path | None = None, *, c
     app = FastAPI(title="vidlang", version=_version(),
                   description="TACo text-to-clip search with word-by-time alignment, MV-GPT captioning.")
     app.state.vidlang = state
-    _install_errors(app)
+    install_errors(app)
+    install_guards(app, allowed_hosts or allowed_hosts_for("127.0.0.1"))
     _routes(app, state)
     app.mount("/static", StaticFiles(directory=WEB), name="static")
     return app
+
+
+def _bound_query_caches(index, size: int) -> None:
+    """Every cache that grows with distinct queries gets an LRU of ``size`` entries."""
+    loaded = index.loaded
+    if hasattr(loaded.weighter, "limit_memo"):
+        loaded.weighter.limit_memo(size)
+    for module in loaded.model.modules():
+        if hasattr(module, "limit_cache"):
+            module.limit_cache(size)
 
 
 def _version() -> str:
     from vidlang.version import __version__
 
     return __version__
-
-
-def _install_errors(app: FastAPI) -> None:
-    def status_of(exc: Exception) -> int:
-        return next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
-
-    @app.exception_handler(VidlangError)
-    async def vidlang_error(request: Request, exc: VidlangError):
-        return JSONResponse({"detail": str(exc)}, status_code=status_of(exc))
-
-    @app.exception_handler(MultiPartException)
-    async def multipart_error(request: Request, exc: MultiPartException):
-        return JSONResponse({"detail": f"bad multipart body: {exc.message}"}, status_code=400)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception):  # a bug: logged, and said plainly
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal server error ({type(exc).__name__})"}, status_code=500)
-
-    @app.middleware("http")
-    async def no_sniff(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
 
 
 _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -290,17 +230,18 @@ def _routes(app: FastAPI, st: ServeState) -> None:
     from vidlang.evaluation.captioning import decoding_name
     from vidlang.retrieval.query import search
 
-    @app.get("/health")
-    def health() -> dict:
+    @app.get("/health", response_model=HealthOut, responses=error_responses(400))
+    def health():
         ext = st.extractor_record() or {}
-        return {"status": "ok", "clips": len(st.index), "checkpoint": str(st.index.loaded.checkpoint),
-                "captioner": None if st.captioner is None else str(st.captioner.checkpoint),
-                "uploads": bool(st.uploads and st.uploads.backbone is not None),
-                "uploads_off_reason": None if st.uploads is None else st.uploads.reason,
+        reason = None if st.uploads is None or st.uploads.reason is None else scrub_paths(st.uploads.reason)
+        return {"status": "ok", "clips": len(st.index), "checkpoint": Path(st.index.loaded.checkpoint).name,
+                "captioner": None if st.captioner is None else Path(st.captioner.checkpoint).name,
+                "uploads": bool(st.uploads and st.uploads.backbone is not None), "uploads_off_reason": reason,
                 "extractor": ext.get("backbone"), "fps": st.index.fps, "media": st.media_root is not None}
 
-    @app.get("/api/search", response_model=SearchOut)
-    def api_search(q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="the text query")],
+    @app.get("/api/search", response_model=SearchOut, responses=error_responses(400, 422))
+    def api_search(q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"[^\s\x1c-\x1f]",
+                                           description="the text query (not only spaces)")],
                    k: Annotated[int, Query(ge=1, le=st.max_k, description="clips to return")] = 10,
                    rerank: Annotated[bool, Query(description="fusion-head rerank (s3) of the top 50")] = True):
         hits = search(st.index, q, k, rerank=rerank)
@@ -308,7 +249,7 @@ def _routes(app: FastAPI, st: ServeState) -> None:
                 "strip_url": f"/api/clips/{h.clip_index}/strip.jpg"} for h in hits]
         return {"query": q, "k": k, "clips": len(st.index), "hits": out}
 
-    @app.post("/api/caption/clip", response_model=CaptionOut)
+    @app.post("/api/caption/clip", response_model=CaptionOut, responses=error_responses(400, 403, 404, 409, 422, 503))
     def caption_clip(body: ClipCaptionIn):
         st.need_captioner()
         if st.store is None:
@@ -323,7 +264,7 @@ def _routes(app: FastAPI, st: ServeState) -> None:
                 "video_id": body.video_id, "start": body.start, "end": body.end}
 
     @app.post("/api/caption/upload", response_model=CaptionOut, openapi_extra=_UPLOAD_DOC,
-              responses={413: {"description": "too large"}, 415: {"description": "not a video"}})
+              responses=error_responses(400, 403, 409, 413, 415, 422, 503))
     async def caption_upload(request: Request):
         st.need_captioner()
         if st.uploads is None or st.uploads.backbone is None:
@@ -365,13 +306,15 @@ def _routes(app: FastAPI, st: ServeState) -> None:
                 while block := upload.file.read(1 << 20):
                     f.write(block)
             info = probe_video(path, demuxers, st.max_upload_seconds)
-            feats, _ = st.uploads.features(path)
+            feats, decoded = st.uploads.features(path, st.max_upload_seconds, st.max_upload_frames)
+        if info["duration"] is None:
+            info["duration"] = decoded.get("duration")
         text = st.captions(feats)
         return {"caption": text, "decoding": decoding_name(st.captioner.cfg), "features": len(feats),
                 "duration": info["duration"], "extractor": st.uploads.record.get("backbone")}
 
     @app.get("/api/clips/{row}/strip.jpg", response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "no such clip or video"}})
+             responses={200: {"content": {"image/jpeg": {}}}, **error_responses(400, 404, 422)})
     def clip_strip(row: Annotated[int, PathParam(ge=0, le=2**40)]):
         if row >= len(st.index):
             raise HTTPException(404, f"no clip {row}: the index holds {len(st.index)}")
@@ -382,11 +325,11 @@ def _routes(app: FastAPI, st: ServeState) -> None:
         jpeg = strip_jpeg(source, strip_times(st.index.frames[row], st.index.fps, start), st.cache_dir)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
-    @app.get("/media/{path:path}", response_class=FileResponse, responses={403: {}, 404: {}})
-    def media(path: str):
+    @app.get("/media/{path:path}", response_class=FileResponse, responses=error_responses(400, 403, 404, 422))
+    def media(path: Annotated[str, PathParam(max_length=1024)]):
         try:
             file = media_path(st.media_root, path)
-        except FileNotFoundError:
+        except (FileNotFoundError, OSError):  # OSError: e.g. a name too long for the file system
             raise HTTPException(404, f"no media file {path!r}") from None
         from vidlang.serve.media import MEDIA_TYPES
 
@@ -398,11 +341,18 @@ def _routes(app: FastAPI, st: ServeState) -> None:
 
 
 def serve(index: str, checkpoint: str | None = None, captioner: str | None = None, media_root: str | None = None,
-          host: str = "127.0.0.1", port: int = 8000, **settings) -> None:
-    """Load everything, then run the app with uvicorn until interrupted."""
+          host: str = "127.0.0.1", port: int = 8000, allowed_hosts: list[str] | tuple[str, ...] = (),
+          **settings) -> None:
+    """Load everything, then run the app with uvicorn until interrupted. The app answers only requests
+    whose Host header names the bound host, a loopback name or one of ``allowed_hosts``."""
     import uvicorn
 
-    app = create_app(index, captioner, media_root, checkpoint=checkpoint, **settings)
+    hosts = allowed_hosts_for(host, allowed_hosts)
+    app = create_app(index, captioner, media_root, checkpoint=checkpoint, allowed_hosts=hosts, **settings)
+    log.info("answering Host headers %s", ", ".join(hosts))
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines (no authentication)", host)
+    if host in ("0.0.0.0", "::") and not allowed_hosts:
+        log.warning("bound to all addresses but answering only loopback Host names: give --allowed-host NAME "
+                    "for each name clients use to reach this machine")
     uvicorn.run(app, host=host, port=port, log_level="info")

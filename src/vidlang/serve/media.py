@@ -112,10 +112,16 @@ def probe_video(path: Path, demuxers: tuple[str, ...], max_seconds: float) -> di
     except UnsupportedMedia:
         raise
     except (av.FFmpegError, StopIteration, OSError, ValueError) as e:
-        raise UnsupportedMedia(f"FFmpeg cannot read the upload as a video ({type(e).__name__}: {e})") from e
+        raise UnsupportedMedia(f"FFmpeg cannot read the upload as a video ({_ffmpeg_reason(e)})") from e
     if duration is not None and duration > max_seconds:
         raise DataError(f"the upload is {duration:.1f} s long; this server captions clips of at most {max_seconds:g} s")
     return info
+
+
+def _ffmpeg_reason(e: Exception) -> str:
+    """An FFmpeg/OS error in words, without the file name it carries (a server temp path)."""
+    reason = getattr(e, "strerror", None) or (str(e) if not isinstance(e, StopIteration) else "no frame decodes")
+    return f"{type(e).__name__}: {reason}"
 
 
 class UploadExtractor:
@@ -173,14 +179,26 @@ class UploadExtractor:
             raise ConfigError(f"the extractor the server can run differs from the index's: {differing_keys(record, mine)}")
         return bb, sampling, frame_size
 
-    def features(self, path: Path) -> tuple[np.ndarray, dict]:
-        """(T, D) features of the video at ``path``, made exactly as ``vidlang extract`` made the index's."""
+    def features(self, path: Path, max_seconds: float | None = None,
+                 max_frames: int | None = None) -> tuple[np.ndarray, dict]:
+        """(T, D) features of the video at ``path``, made exactly as ``vidlang extract`` made the index's;
+        decoding stops with a DataError past ``max_seconds`` of decoded video or ``max_frames`` frames."""
+        import av
+
         from vidlang.extract.run import embed_frames
-        from vidlang.extract.video import decode_video
+        from vidlang.extract.video import VideoTooLong, decode_video
 
         if self.backbone is None:
             raise ConfigError(f"uploads are off: {self.reason}")
-        frames, info = decode_video(path, self.sampling, self.frame_size)
+        try:
+            frames, info = decode_video(path, self.sampling, self.frame_size, max_seconds, max_frames)
+        except VideoTooLong as e:
+            raise DataError(f"the upload is too long: {str(e).replace('the video ', 'it ')}; this server captions "
+                            f"clips of at most {max_seconds:g} s") from None
+        except DataError as e:
+            raise UnsupportedMedia(f"the upload has no decodable video ({str(e).replace(str(path), 'upload')})") from None
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise UnsupportedMedia(f"FFmpeg cannot decode the upload ({_ffmpeg_reason(e)})") from None
         with self._lock:
             feats = embed_frames(self.backbone, frames, self.sampling, batch_size=32)
         if not np.isfinite(feats).all():
@@ -223,14 +241,15 @@ def frames_at(path: Path, times: list[float], height: int) -> list:
     for t in times:
         frame = got.get(max(0.0, t))
         if frame is None:
-            raise DataError(f"{path} has no decodable frame at {t:.2f} s")
+            raise DataError(f"{path.name} has no decodable frame at {t:.2f} s")
         w = max(1, round(frame.width * height / frame.height))
         images.append(frame.to_image().resize((w, height)))
     return images
 
 
-def strip_jpeg(path: Path, times: list[float], cache: Path, height: int = 72) -> bytes:
-    """One JPEG of the frames at ``times`` side by side, cached under ``cache`` by video, mtime and times."""
+def strip_jpeg(path: Path, times: list[float], cache: Path, height: int = 72, max_files: int = 10_000) -> bytes:
+    """One JPEG of the frames at ``times`` side by side, cached under ``cache`` by video, mtime and times;
+    the cache keeps the ``max_files`` most recently written strips."""
     from PIL import Image
 
     st = path.stat()
@@ -244,7 +263,7 @@ def strip_jpeg(path: Path, times: list[float], cache: Path, height: int = 72) ->
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - PyAV raises many kinds on a corrupt or truncated file
-        raise DataError(f"cannot decode the frames of {path.name}: {type(e).__name__}: {e}") from e
+        raise DataError(f"cannot decode the frames of {path.name}: {_ffmpeg_reason(e)}") from e
     strip = Image.new("RGB", (sum(i.width for i in images), height))
     x = 0
     for im in images:
@@ -254,7 +273,24 @@ def strip_jpeg(path: Path, times: list[float], cache: Path, height: int = 72) ->
     strip.save(buf, "JPEG", quality=80)
     cache.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(file, buf.getvalue())
+    _prune(cache, max_files)
     return buf.getvalue()
+
+
+def _prune(cache: Path, max_files: int) -> None:
+    """Delete the oldest strips beyond ``max_files`` (by modification time)."""
+    files = list(cache.glob("*.jpg"))
+    if len(files) <= max_files:
+        return
+
+    def mtime(f: Path) -> float:
+        try:
+            return f.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    for f in sorted(files, key=mtime)[: len(files) - max_files]:
+        f.unlink(missing_ok=True)
 
 
 def strip_times(frames: np.ndarray, fps: float | None, start: float | None, most: int = 8) -> list[float]:

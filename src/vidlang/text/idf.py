@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from cachetools import LRUCache
 
 from vidlang.errors import CheckpointError, ConfigError, DataError
 from vidlang.text.pos import (
@@ -69,7 +70,8 @@ class TokenWeighter:
     - An IDF <= ``min_weight`` (a word in nearly every caption) is raised to
       ``min_weight``: it still counts, barely.
     - Truncated offsets are fine: the weights are normalised over the pieces given.
-    - Captions not pre-tagged (``fit`` or ``tag``) are tagged on demand and memoised.
+    - Captions not pre-tagged (``fit``) are tagged on demand and memoised in an LRU of ``memo_size``
+      captions (bounded: a server sees unboundedly many queries; see ``limit_memo``).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class TokenWeighter:
         tagged: dict[str, list[Tag]] | None = None,
         nlp=None,
         min_weight: float = 1e-6,
+        memo_size: int = 200_000,
     ):
         if not idf:
             raise ConfigError("TokenWeighter needs a non-empty IDF table")
@@ -88,7 +91,8 @@ class TokenWeighter:
         self.tags = check_tags(tags)
         self.min_weight = float(min_weight)
         self.max_idf = max(self.idf.values())
-        self._tagged: dict[str, list[Tag]] = dict(tagged or {})
+        self._tagged: dict[str, list[Tag]] = dict(tagged or {})  # the training captions, given
+        self._memo: LRUCache = LRUCache(max(1, int(memo_size)))  # tagged on demand
         self._nlp = nlp
         self.stats: Counter = Counter()
 
@@ -119,12 +123,25 @@ class TokenWeighter:
 
     def tag(self, captions: Iterable[str]) -> None:
         """Pre-tag captions (e.g. the validation set) in one batched spaCy call."""
-        missing = [c for c in dict.fromkeys(captions) if c not in self._tagged]
+        missing = [c for c in dict.fromkeys(captions) if c not in self._tagged and c not in self._memo]
         if missing:
             if self._nlp is None:
                 self._nlp = default_tagger()
-            self._tagged.update(zip(missing, tag_captions(missing, self._nlp)))
+            self._memo.update(zip(missing, tag_captions(missing, self._nlp)))
             self.stats["tagged"] += len(missing)
+
+    def limit_memo(self, size: int) -> None:
+        """Keep at most ``size`` captions tagged on demand (least recently used dropped first)."""
+        self._memo = LRUCache(max(1, int(size)))
+
+    def _tags_of(self, caption: str) -> list[Tag]:
+        tags = self._tagged.get(caption)
+        if tags is None:
+            tags = self._memo.get(caption)
+        if tags is None:  # never tagged, or dropped from the memo since
+            self.tag([caption])
+            tags = self._memo[caption]
+        return tags
 
     def word_weight(self, word: str) -> float:
         """Un-normalised weight of a (lowercased) word of interest."""
@@ -143,10 +160,9 @@ class TokenWeighter:
         if not self.tags:
             self.stats["no_token_of_interest"] += 1
             return np.zeros(len(offs), np.float32)
-        self.tag([caption])
         weights = np.zeros(len(offs), np.float64)
         real = offs[:, 1] > offs[:, 0]  # special tokens and padding have empty spans
-        for start, end, word, pos in self._tagged[caption]:
+        for start, end, word, pos in self._tags_of(caption):
             if pos in self.tags:
                 hit = real & (offs[:, 0] < end) & (offs[:, 1] > start)
                 weights[hit] = np.maximum(weights[hit], self.word_weight(word))

@@ -6,6 +6,7 @@ interest*: by default the words spaCy tags NOUN or VERB (Universal POS tags,
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -78,8 +79,11 @@ def tag_captions(captions: list[str], nlp=None, batch_size: int = 256) -> list[l
         return []
     nlp = default_tagger() if nlp is None else nlp
     out = []
-    for doc in nlp.pipe(captions, batch_size=batch_size):
-        out.append([(t.idx, t.idx + len(t.text), t.text.lower(), t.pos_) for t in doc if not t.is_space])
+    zone = getattr(nlp, "memory_zone", None)  # spaCy >= 3.8: new words' strings are freed after the call
+    with zone() if zone is not None else contextlib.nullcontext():
+        for doc in nlp.pipe(captions, batch_size=batch_size):
+            out.append([(t.idx, t.idx + len(t.text), str(t.text.lower()), str(t.pos_)) for t in doc
+                        if not t.is_space])
     if len(out) != len(captions):
         raise VidlangError(f"tagger returned {len(out)} docs for {len(captions)} captions")
     return out

@@ -1,0 +1,73 @@
+"""The JSON shapes of vidlang serve's API (request bodies and responses), as the OpenAPI schema shows them."""
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SECONDS = 10_000_000.0  # ~116 days: clip times above it are refused (422) before any arithmetic
+
+
+class WordOut(BaseModel):
+    word: str
+    start_s: float | None = Field(description="start (s) of the span where the word matches")
+    end_s: float | None
+    frame: int = Field(description="encoded frame of the best match")
+    score: float
+    per_frame: list[float] = Field(description="similarity of the word to each encoded frame: the heat strip")
+    span: tuple[int, int]
+    char_start: int
+    char_end: int
+    weight: float
+
+
+class HitOut(BaseModel):
+    rank: int
+    video_id: str
+    score: float
+    s1: float
+    s2: float
+    s3: float | None
+    clip_index: int = Field(description="row of the index")
+    start_s: float | None
+    end_s: float | None
+    frames: list[int]
+    frame_times: list[float] | None
+    alignments: list[WordOut]
+    video_url: str | None = Field(description="/media/... when the source video is under the media root")
+    strip_url: str
+
+
+class SearchOut(BaseModel):
+    query: str
+    k: int
+    clips: int = Field(description="clips in the index")
+    hits: list[HitOut]
+
+
+class ClipCaptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    video_id: str = Field(min_length=1, max_length=512)
+    start: float | None = Field(None, ge=0, le=MAX_SECONDS, allow_inf_nan=False,
+                                description="seconds; default: the video's start")
+    end: float | None = Field(None, ge=0, le=MAX_SECONDS, allow_inf_nan=False,
+                              description="seconds; default: the video's end")
+
+
+class HealthOut(BaseModel):
+    status: str
+    clips: int
+    checkpoint: str = Field(description="the search checkpoint's name (no path)")
+    captioner: str | None = Field(description="the captioner checkpoint's name (no path), or null")
+    uploads: bool
+    uploads_off_reason: str | None
+    extractor: str | None
+    fps: float | None
+    media: bool
+
+
+class CaptionOut(BaseModel):
+    caption: str
+    decoding: str
+    features: int = Field(description="feature rows the caption was generated from")
+    video_id: str | None = None
+    start: float | None = None
+    end: float | None = None
+    duration: float | None = None
+    extractor: str | None = None
