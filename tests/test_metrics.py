@@ -254,9 +254,10 @@ def test_mean_std_sample_std():
 def test_write_result_json(tmp_path):
     path = tmp_path / "sub" / "result.json"
     m = {"t2v_R@1": np.float32(17.5), "num_texts": np.int64(2000)}
-    write_result_json(path, m, split="val", scoring="dual", config={"lr": 1e-4, "out": tmp_path}, extra={"seed": 1})
+    write_result_json(path, m, split="val", scoring="dual", protocol="1k-A-jsfusion", config={"lr": 1e-4, "out": tmp_path},
+                      extra={"seed": 1})
     doc = json.loads(path.read_text())
-    assert doc["split"] == "val" and doc["scoring"] == "dual"
+    assert doc["split"] == "val" and doc["scoring"] == "dual" and doc["protocol"] == "1k-A-jsfusion"
     assert doc["metrics"] == {"t2v_R@1": 17.5, "num_texts": 2000}
     assert doc["config"] == {"lr": 1e-4, "out": str(tmp_path)} and doc["extra"] == {"seed": 1}
     assert isinstance(doc["vidlang_version"], str) and doc["vidlang_version"]
@@ -265,13 +266,18 @@ def test_write_result_json(tmp_path):
     assert os.listdir(path.parent) == ["result.json"]  # no temp file left
     # A NaN metric is refused and the old file is kept.
     with pytest.raises(ValueError, match="t2v_R@1"):
-        write_result_json(path, {"t2v_R@1": float("nan")}, split="val", scoring="dual")
+        write_result_json(path, {"t2v_R@1": float("nan")}, split="val", scoring="dual", protocol="all-captions")
+    with pytest.raises(ValueError, match="protocol"):
+        write_result_json(path, {"t2v_R@1": 1.0}, split="val", scoring="dual", protocol="")
+    with pytest.raises(TypeError, match="protocol"):
+        write_result_json(path, {"t2v_R@1": 1.0}, split="val", scoring="dual")  # noqa: required
     assert json.loads(path.read_text())["metrics"]["num_texts"] == 2000
 
 
 def test_result_is_stamped_with_the_provenance_taken_at_run_start(tmp_path):
     started = {"git_commit": "a" * 40, "git_dirty": False}  # the checkout moved on during the run
-    write_result_json(tmp_path / "r.json", {"x": 1.0}, split="val", scoring="s1", provenance=started)
+    write_result_json(tmp_path / "r.json", {"x": 1.0}, split="val", scoring="s1", protocol="clip",
+                      provenance=started)
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["git_commit"] == "a" * 40 and doc["git_dirty"] is False
 

@@ -19,7 +19,7 @@ import torch
 
 from vidlang.caption_metrics import CaptionScorer
 from vidlang.config import Config
-from vidlang.data.annotations import filter_clips, read_annotations, read_id_list
+from vidlang.data.annotations import filter_clips, read_annotation_files, read_annotations, read_id_list
 from vidlang.data.features import FeatureStore, open_store
 from vidlang.data.narrated import attach_transcripts
 from vidlang.data.narration import CaptionDataset, collate_captions, pair_utterances, read_transcripts
@@ -56,7 +56,7 @@ def open_caption_source(cfg: Config) -> Source:
         annotations = d.annotations or (f"{root}/annotations.json" if root else "")
         if not annotations:
             raise ConfigError("set data.root or data.annotations (the captions to fine-tune on)")
-        clips = read_annotations(annotations, skip_bad=d.skip_bad, counter=counter)
+        clips = read_annotation_files(annotations, skip_bad=d.skip_bad, counter=counter)
         if streams is not None:
             clips = attach_transcripts(clips, streams)
     return Source(store, clips, counter)
@@ -185,8 +185,8 @@ def caption_folder(loaded, data: str | Path, *, split: str | None = None, annota
     data = Path(data)
     cfg = loaded.cfg
     store = open_store(features or data, allow_pickle=False)
-    clips = read_annotations(annotations or data / "annotations.json", skip_bad=skip_bad)
-    clips = filter_clips(clips, read_id_list(split)) if split else [c for c in clips if c.video_id in store]
+    clips = read_annotation_files(annotations or data / "annotations.json", skip_bad=skip_bad)
+    clips = filter_clips(clips, read_id_list(split), split) if split else [c for c in clips if c.video_id in store]
     if transcripts:
         clips = attach_transcripts(clips, read_transcripts(transcripts, skip_bad=skip_bad))
     if not clips:

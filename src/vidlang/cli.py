@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,8 +29,9 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from vidlang.api import load_model
-    from vidlang.data.annotations import filter_clips, read_annotations, read_id_list
+    from vidlang.data.annotations import filter_clips, read_annotation_files, read_id_list
     from vidlang.data.features import open_store
+    from vidlang.data.sources import apply_protocol, resolve_protocol
     from vidlang.evaluate import similarity
     from vidlang.metrics import retrieval_metrics
     from vidlang.report import format_table, write_result_json
@@ -37,11 +39,13 @@ def cmd_evaluate(args) -> None:
     loaded = load_model(args.checkpoint, kind="taco")
     data = Path(args.data)
     store = open_store(args.features or data, allow_pickle=args.allow_pickle)
-    clips = read_annotations(args.annotations or data / "annotations.json")
+    dcfg = dataclasses.replace(loaded.cfg.data, protocol=args.protocol or loaded.cfg.data.protocol)
+    clips = read_annotation_files(args.annotations or data / "annotations.json", paragraph=bool(dcfg.paragraph))
     split_name = "all"
     if args.split:
-        clips, split_name = filter_clips(clips, read_id_list(args.split)), Path(args.split).name
+        clips, split_name = filter_clips(clips, read_id_list(args.split), args.split), Path(args.split).name
     clips = [c for c in clips if c.video_id in store] if split_name == "all" else clips
+    clips, protocol = apply_protocol(clips, resolve_protocol(dcfg, clips), args.split or "")
     dataset = loaded.dataset(clips, store, skip_bad=args.skip_bad)
     cfg = loaded.cfg.eval
     if args.scoring:
@@ -51,7 +55,8 @@ def cmd_evaluate(args) -> None:
     split = f"{data.name}:{split_name}"
     out = Path(args.out) if args.out else loaded.checkpoint / "results" / f"{data.name}-{split_name}-{cfg.scoring}.json"
     extra = {"checkpoint": str(loaded.checkpoint), "skipped": dict(dataset.skipped), "data": str(data)}
-    write_result_json(out, metrics, split=split, scoring=cfg.scoring, config=loaded.cfg.to_dict(), extra=extra)
+    write_result_json(out, metrics, split=split, scoring=cfg.scoring, protocol=protocol, config=loaded.cfg.to_dict(),
+                      extra=extra)
     if args.json:
         print(json.dumps({"split": split, "scoring": cfg.scoring, "metrics": metrics, "result_file": str(out)}, indent=2))
     else:
@@ -93,7 +98,8 @@ def cmd_caption(args) -> None:
                                              for k in preds))
     extra = {"checkpoint": str(loaded.checkpoint), "data": str(data), "videos": len(preds), "captions_file": str(captions_file),
              "skipped": dict(dataset.skipped), "text_counts": dict(dataset.counts), "meteor": not args.no_meteor}
-    write_result_json(out, metrics, split=split, scoring=stamp, config=loaded.cfg.to_dict(), extra=extra)
+    write_result_json(out, metrics, split=split, scoring=stamp, protocol="all-references", config=loaded.cfg.to_dict(),
+                      extra=extra)
     if args.json:
         print(json.dumps({"split": split, "decoding": stamp, "metrics": metrics, "result_file": str(out),
                           "captions_file": str(captions_file)}, indent=2))
@@ -219,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="feature store (default: --data)")
     p.add_argument("--annotations", help="annotation file (default: DATA/annotations.json)")
     p.add_argument("--scoring", help="exact | cascade | s1 | s2 | s3 | s1+s2 | s1+s3 ... (default: the config's)")
+    p.add_argument("--protocol", help="all-captions | 1k-A-jsfusion | paragraph | clip (default: the config's data.protocol)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", help="result JSON path (default: CHECKPOINT/results/...)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad videos instead of failing")

@@ -65,7 +65,7 @@ class Experiment:
 def build_experiment(cfg: Config) -> Experiment:
     source = open_source(cfg.data)
     train_clips = source.split(cfg.data.train_split or "train")
-    val_clips = source.split(cfg.data.val_split) if cfg.data.val_split != "none" else []
+    val_clips, protocol = source.eval_split(cfg.data.val_split) if cfg.data.val_split != "none" else ([], source.protocol)
     if not train_clips:
         raise ConfigError(f"training split '{cfg.data.train_split}' selects no clips from {cfg.data.root}")
     tokenizer = load_tokenizer(cfg.model.text_encoder)
@@ -78,6 +78,7 @@ def build_experiment(cfg: Config) -> Experiment:
     torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
     model = TACo(cfg.model, source.store.dim)
     manifest = source.manifest(train=train_set.clips, validation=val_set.clips if val_set else [])
+    manifest["protocol"] = protocol  # the validation split's protocol stamp (vidlang.data.sources.PROTOCOLS)
     manifest["skipped_by_dataset"] = {"train": dict(train_set.skipped), "validation": dict(val_set.skipped) if val_set else {}}
     return Experiment(cfg, train_set, val_set, weighter, model, manifest)
 
