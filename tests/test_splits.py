@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,8 @@ import pytest
 from vidlang.config import DataConfig, load_config
 from vidlang.data.annotations import (filter_clips, read_annotation_files, read_annotations, read_id_list,
                                       read_id_sentences)
-from vidlang.data.features import open_store
 from vidlang.data.records import Clip
-from vidlang.data.sources import apply_protocol, open_source, resolve_protocol, select_split
+from vidlang.data.sources import apply_protocol, open_source, resolve_protocol
 from vidlang.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]

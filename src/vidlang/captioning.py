@@ -19,7 +19,7 @@ import torch
 
 from vidlang.caption_metrics import CaptionScorer
 from vidlang.config import Config
-from vidlang.data.annotations import filter_clips, read_annotation_files, read_annotations, read_id_list
+from vidlang.data.annotations import filter_clips, read_annotation_files, read_id_list
 from vidlang.data.features import FeatureStore, open_store
 from vidlang.data.narrated import attach_transcripts
 from vidlang.data.narration import CaptionDataset, collate_captions, pair_utterances, read_transcripts
