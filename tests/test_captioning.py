@@ -113,6 +113,28 @@ def test_caption_validation_scores_greedy_captions(world, captioner, tmp_path):
         assert metrics[k] == pytest.approx(want[k], abs=1e-6), k
 
 
+def test_caption_validation_scores_against_every_reference(world, tmp_path, monkeypatch):
+    """A captioner that outputs each step's *second* reference is perfect against all references
+    (BLEU-4 = 1); scored against fewer references it would not be. (The tiny captioner above is too
+    weak for its scores to tell which references were used.)"""
+    from vidlang import captioning
+    from vidlang.caption_metrics import CaptionScorer
+
+    cfg = caption_cfg(world, tmp_path / "unused")
+    exp = captioning.build_caption_experiment(cfg)
+    refs: dict[str, list[str]] = {}
+    for key, clip in zip(exp.val_set.keys, exp.val_set.clips):
+        refs.setdefault(key, []).append(clip.caption)
+    assert all(len(set(r)) == 3 for r in refs.values())  # three different references per step
+    second = {k: r[1] for k, r in refs.items()}
+    monkeypatch.setattr(captioning, "generate_captions", lambda *a, **kw: dict(second))
+    with CaptionScorer(meteor=False) as scorer:
+        got = captioning.evaluate_captioning(exp.model, exp.val_set, cfg, scorer=scorer)
+        against_first = scorer.score(second, {k: r[:1] for k, r in refs.items()}).corpus
+    assert got["BLEU-4"] == pytest.approx(1.0, abs=1e-6) and got["ROUGE-L"] == pytest.approx(1.0)
+    assert against_first["BLEU-4"] < 0.9  # the check above can tell
+
+
 def test_init_from_a_taco_checkpoint_is_refused(world, trained_run, tmp_path):
     with pytest.raises(CheckpointError, match="taco"):
         train(caption_cfg(world, tmp_path / "x", "train.steps=1", f"train.init_from={trained_run['out_dir']}"),
