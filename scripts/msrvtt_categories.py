@@ -28,7 +28,7 @@ def run(encoder: str, source: str | None, seed: int, out: Path, data: str, label
     summary = train(cfg, progress=False)
     last = summary["history"][-1]  # the last step's score (no checkpoint is chosen on the reported split)
     write_result_json(out / f"{encoder}-seed{seed}.json", last, split="msrvtt-ae128-dev video700-799",
-                      scoring=f"{encoder} linear probe, last step", config=cfg.to_dict(),
+                      scoring=f"{encoder} linear probe, last step", protocol="msrvtt-20-categories", config=cfg.to_dict(),
                       extra={"encoder_checkpoint": source, "seed": seed}, provenance=CODE)
     return last
 

@@ -52,7 +52,7 @@ def run_seed(seed: int, data: str, extra: list[str]) -> None:
     stamp = decoding_name(loaded.cfg)
     captions = OUT / f"mvgpt-seed{seed}.captions.jsonl"
     captions.write_text("".join(json.dumps({"id": k, "caption": v}) + "\n" for k, v in preds.items()))
-    write_result_json(OUT / f"mvgpt-seed{seed}.json", metrics, split=SPLIT, scoring=stamp, config=cfg.to_dict(),
+    write_result_json(OUT / f"mvgpt-seed{seed}.json", metrics, split=SPLIT, scoring=stamp, protocol="all-references", config=cfg.to_dict(),
                       extra={"name": "MV-GPT (no pretraining, V only)", "seed": seed, "overrides": extra,
                              "checkpoint": str(loaded.checkpoint), "train_seconds": train_s,
                              "wall_seconds": time.perf_counter() - tic, "captions_file": str(captions)},
@@ -77,7 +77,7 @@ def baselines(data: str) -> None:
                                                                            {v: constant for v in refs})):
             metrics = scorer.score(preds, refs).corpus
             tag = "nn" if name.startswith("nearest") else "constant"
-            write_result_json(OUT / f"baseline-{tag}.json", metrics, split=SPLIT, scoring="baseline",
+            write_result_json(OUT / f"baseline-{tag}.json", metrics, split=SPLIT, scoring="baseline", protocol="all-references",
                               extra={"name": name}, provenance=CODE)
             print(f"{name}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in KEYS))
 

@@ -72,7 +72,7 @@ def run_one(name: str, seed: int, labelled: int, extra: list[str]) -> None:
                                           transcripts=str(world.transcripts), split=str(world.root / "val_ids.txt"))
     (run / "val_captions.jsonl").write_text("".join(json.dumps({"id": k, "caption": v}) + "\n" for k, v in preds.items()))
     write_result_json(OUT / f"{slug(name)}-seed{seed}.json", metrics, split="narrated world: 60 held-out scenes x 4 steps",
-                      scoring=decoding_name(loaded.cfg), config=cap.to_dict(),
+                      scoring=decoding_name(loaded.cfg), protocol="all-references", config=cap.to_dict(),
                       extra={"name": name, "seed": seed, "labelled_scenes": labelled, "overrides": extra,
                              "pretrain_seconds": pre_s, "wall_seconds": time.perf_counter() - tic},
                       provenance=CODE)

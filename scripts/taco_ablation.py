@@ -57,7 +57,7 @@ def run_one(name: str, seed: int, data: str, extra: list[str]) -> None:
     metrics = retrieval_metrics(sim, text_to_video)
     wall = time.perf_counter() - tic
     write_result_json(OUT / f"{slug(name)}-seed{seed}.json", metrics, split="msrvtt-ae128-dev video700-799",
-                      scoring=scoring, config=cfg.to_dict(),
+                      scoring=scoring, protocol="all-captions", config=cfg.to_dict(),
                       extra={"name": name, "seed": seed, "overrides": extra, "train_seconds": train_s, "wall_seconds": wall,
                              "counts": summary["counts"]}, provenance=CODE)
     print(f"{name} seed {seed}: t2v R@1 {metrics['t2v_R@1']:.1f} v2t R@1 {metrics['v2t_R@1']:.1f} ({wall:.0f}s)", flush=True)
@@ -76,7 +76,7 @@ def tfidf(data: str) -> None:
     sim = tfidf_ridge_baseline([c for c, _ in train_caps], feats[[i for _, i in train_caps]],
                                [c for c, _ in test_caps], feats[700:800], alpha=10.0, min_df=2)
     metrics = retrieval_metrics(sim, [i for _, i in test_caps])
-    write_result_json(OUT / "tfidf.json", metrics, split="msrvtt-ae128-dev video700-799", scoring="tfidf-ridge",
+    write_result_json(OUT / "tfidf.json", metrics, split="msrvtt-ae128-dev video700-799", scoring="tfidf-ridge", protocol="all-captions",
                       extra={"name": "TF-IDF (1-2-grams) -> ridge, alpha 10, min_df 2",
                              "wall_seconds": time.perf_counter() - tic})
 

@@ -256,7 +256,8 @@ def test_read_annotations_dispatch_errors(tmp_path):
     with pytest.raises(DataError, match="cannot tell"):
         read_annotations(dump(tmp_path / "odd.json", {"a": 1}))
     with pytest.raises(ConfigError, match="paragraph"):
-        read_annotations(dump(tmp_path / "m.json", MSRVTT), paragraph=False)
+        read_annotations(dump(tmp_path / "m.json", MSRVTT), paragraph=True)
+    assert read_annotations(tmp_path / "m.json", paragraph=False) == read_annotations(tmp_path / "m.json")  # a no-op
     assert len(read_annotations(tmp_path / "m.json", split="train")) == 2
     assert read_annotations(dump(tmp_path / "d.json", DEV)) == read_msrvtt(tmp_path / "d.json")
 

@@ -140,9 +140,29 @@ def test_fg_and_bg_match_a_loop_over_items_and_positions(model, batch):
     assert out["loss"].item() == pytest.approx(out["fg"].item() + out["bg"].item(), rel=1e-6)
 
 
+def _bert_masking(ids, attention, prob, seed, never, mask_id, vocab):
+    """BERT masking token by token, written here (not losses.mask_tokens): a real token outside
+    ``never`` is chosen when its first uniform draw is < prob; a chosen token becomes [MASK] when the
+    second draw is < 0.8, else a random id (third draw < 0.5; id = floor(fourth draw * vocab)), else
+    stays. The draws are one (4, rows, width) uniform tensor from a CPU generator seeded ``seed``."""
+    draws = torch.rand((4, *ids.shape), generator=torch.Generator().manual_seed(seed))
+    masked, labels = ids.clone(), torch.full_like(ids, losses.IGNORE)
+    for r in range(ids.shape[0]):
+        for p in range(ids.shape[1]):
+            token = int(ids[r, p])
+            if not attention[r, p] or token in never or draws[0, r, p] >= prob:
+                continue
+            labels[r, p] = token
+            if draws[1, r, p] < 0.8:
+                masked[r, p] = mask_id
+            elif draws[2, r, p] < 0.5:
+                masked[r, p] = min(int(draws[3, r, p] * vocab), vocab - 1)
+    return masked, labels
+
+
 def _mlm_loop(model, batch, seed: int, decoder_side: bool, directions: tuple[str, ...]) -> tuple[float, int, int]:
-    """Masks drawn as the model draws them (texts of the FG rows, then BG rows, padded to one
-    width), then item by item: the encoder over the masked text, the prediction at each masked position."""
+    """Masks drawn from the same uniform draws as the model's (texts of the FG rows, then BG rows,
+    padded to one width) by ``_bert_masking``, then item by item: the encoder over the masked text, the prediction at each masked position."""
     ids, b = model.ids, len(batch)
     texts = []
     for d in directions:
@@ -153,9 +173,9 @@ def _mlm_loop(model, batch, seed: int, decoder_side: bool, directions: tuple[str
     stacked_mask = torch.cat([torch.nn.functional.pad(t[1], (0, width - t[1].shape[1])) for t in texts])
     for k, t in enumerate(texts):
         stacked[k * b : (k + 1) * b, 0] = ids[t[2]]
-    special = [ids[k] for k in ("cls1", "cls2", "bos1", "bos2", "cls", "sep", "mask", "pad")]
-    masked, labels = losses.mask_tokens(stacked, stacked_mask, model.cfg.mvgpt.mask_prob,
-                                        torch.Generator().manual_seed(seed), special, ids["mask"], 30522)
+    assert (ids["pad"], ids["cls"], ids["sep"], ids["mask"]) == (0, 101, 102, 103)  # BERT's WordPiece vocabulary
+    never = {0, 101, 102, 103} | {ids[k] for k in ("cls1", "cls2", "bos1", "bos2")}
+    masked, labels = _bert_masking(stacked, stacked_mask, model.cfg.mvgpt.mask_prob, seed, never, 103, 30522)
     terms = []
     for row in range(len(stacked)):
         video, vmask, _, _ = _item(batch, row % b)

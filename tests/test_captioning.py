@@ -83,11 +83,57 @@ def test_fine_tuning_starts_from_the_pretrained_weights(world, pretrained, capti
     assert meta["init_from"] == str(pretrained[0])
 
 
-def test_caption_validation_scores_greedy_captions(captioner):
-    _, summary = captioner
+def test_caption_validation_scores_greedy_captions(world, captioner, tmp_path):
+    """The validation numbers are those of the best checkpoint's greedy captions, one per validation
+    step, against all of its references: recomputed here caption by caption (a batch of one each)."""
+    from vidlang.data.narration import collate_captions
+    from vidlang.evaluation.caption_metrics import CaptionScorer
+    from vidlang.tasks.mvgpt import build_caption_experiment
+
+    run, summary = captioner
     metrics = summary["best"]["metrics"]
     assert {"val_loss", "BLEU-4", "ROUGE-L", "CIDEr"} <= set(metrics) and "METEOR" not in metrics
-    assert all(np.isfinite(v) for v in metrics.values())
+    loaded = api.load_model(run)  # the best checkpoint
+    assert loaded.checkpoint.name == f"step-{summary['best']['step']:06d}"
+    val = build_caption_experiment(caption_cfg(world, tmp_path / "unused")).val_set
+    refs: dict[str, list[str]] = {}
+    for key, clip in zip(val.keys, val.clips):
+        refs.setdefault(key, []).append(clip.caption)
+    preds = {}
+    with torch.no_grad():
+        for i, key in enumerate(val.keys):
+            if key not in preds:
+                b = collate_captions([val[i]])
+                seq = loaded.model.generate(b.video, b.video_mask, b.transcript_ids, b.transcript_mask, method="greedy")[0]
+                preds[key] = loaded.tokenizer.decode(seq, skip_special_tokens=True).strip()
+    assert len(preds) == 2 * 4 and all(len(r) == 3 for r in refs.values())  # 2 validation scenes x 4 steps, 3 refs
+    with CaptionScorer(meteor=False) as scorer:
+        want = scorer.score(preds, refs).corpus
+    for k in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
+        assert metrics[k] == pytest.approx(want[k], abs=1e-6), k
+
+
+def test_caption_validation_scores_against_every_reference(world, tmp_path, monkeypatch):
+    """A captioner that outputs each step's *second* reference is perfect against all references
+    (BLEU-4 = 1); scored against fewer references it would not be. (The tiny captioner above is too
+    weak for its scores to tell which references were used.)"""
+    from vidlang.evaluation import captioning
+    from vidlang.evaluation.caption_metrics import CaptionScorer
+    from vidlang.tasks.mvgpt import build_caption_experiment
+
+    cfg = caption_cfg(world, tmp_path / "unused")
+    exp = build_caption_experiment(cfg)
+    refs: dict[str, list[str]] = {}
+    for key, clip in zip(exp.val_set.keys, exp.val_set.clips):
+        refs.setdefault(key, []).append(clip.caption)
+    assert all(len(set(r)) == 3 for r in refs.values())  # three different references per step
+    second = {k: r[1] for k, r in refs.items()}
+    monkeypatch.setattr(captioning, "generate_captions", lambda *a, **kw: dict(second))
+    with CaptionScorer(meteor=False) as scorer:
+        got = captioning.evaluate_captioning(exp.model, exp.val_set, cfg, scorer=scorer)
+        against_first = scorer.score(second, {k: r[:1] for k, r in refs.items()}).corpus
+    assert got["BLEU-4"] == pytest.approx(1.0, abs=1e-6) and got["ROUGE-L"] == pytest.approx(1.0)
+    assert against_first["BLEU-4"] < 0.9  # the check above can tell
 
 
 def test_init_from_a_taco_checkpoint_is_refused(world, trained_run, tmp_path):
@@ -156,17 +202,28 @@ def test_cli_caption_scores_a_folder_and_writes_captions(world, captioner, tmp_p
     assert all(len(x["references"]) == 3 and isinstance(x["caption"], str) for x in lines)
 
 
+def exp_tokenizer(cfg):
+    from vidlang.text.pretrained import load_tokenizer
+
+    return load_tokenizer(cfg.model.text_encoder)
+
+
 def test_training_vocabulary_is_kept_with_the_checkpoint(world, tmp_path):
     out = tmp_path / "vocab"
     from vidlang.tasks.mvgpt import build_caption_experiment
 
     cfg = caption_cfg(world, out, "train.steps=2", "train.eval_every=2", "mvgpt.output_vocab=train")
     exp = build_caption_experiment(cfg)
+    # The training texts' WordPieces, tokenized here from the clips (not read from the experiment), + [SEP]
+    trained = {i for c in exp.train_set.clips for text in (c.caption, c.transcript or "")
+               for i in exp_tokenizer(cfg)(text)["input_ids"]}
+    assert set(exp.meta["output_vocab"]) == trained  # train texts only: no validation word leaks in
+    assert 29999 not in trained
     exp.val_set.targets[0] = exp.val_set.targets[0][:-1] + [29999, exp.val_set.targets[0][-1]]  # a word never trained
     summary = train(cfg, exp, progress=False)
-    vocab = set(exp.meta["output_vocab"])
-    expected = sum(tok not in vocab for t in exp.val_set.targets for tok in t[1:])
-    assert expected >= 1 and summary["best"]["metrics"]["val_targets_outside_vocab"] == expected  # counted
+    expected = sum(tok not in trained for t in exp.val_set.targets for tok in t[1:])  # every predicted token
+    assert expected > 1  # validation words the training texts lack, and the injected one
+    assert summary["best"]["metrics"]["val_targets_outside_vocab"] == expected  # counted
     loaded = api.load_model(out)
     vocab = set(loaded.meta["output_vocab"])
     assert loaded.model.decoder.vocab_mask.sum() == len(vocab) < 1000  # the world's words, not BERT's 30k

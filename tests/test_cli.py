@@ -65,6 +65,7 @@ def test_evaluate_every_video_of_the_folder(trained_run, data_dir, capsys, tmp_p
     assert m["t2v_R@50"] == 100  # only 24 videos to rank
     written = json.loads(Path(result["result_file"]).read_text())
     assert written["metrics"] == m and written["split"] == result["split"] and written["extra"]["train_overlap"] == 16
+    assert written["protocol"] == "all-captions"  # every caption of every video is a query
     assert Path(result["result_file"]).parent == trained_run["out_dir"] / (trained_run["out_dir"] / "best").read_text().strip() / "results"
 
     # an explicit output path and scoring

@@ -198,10 +198,17 @@ def test_hard_negatives_brute_force(n, k):
 
 
 def test_hard_negatives_leave_input_and_graph_alone():
-    scores = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    """Mining must not write into the scores: they are the loss's activations (a non-leaf here, so an
+    in-place write would not be refused by autograd), and the loss's gradient must stay exact."""
+    leaf = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    scores = leaf * 1.0
     before = scores.detach().clone()
-    rows = losses.hard_negatives(scores, 2)
-    assert torch.equal(scores.detach(), before) and not rows.requires_grad
+    rows, cols = losses.hard_negatives(scores, 2), losses.hard_negatives(scores.T, 2)
+    assert torch.equal(scores.detach(), before)  # the diagonal is still there
+    assert rows.dtype == cols.dtype == torch.long
+    weight = torch.arange(16, dtype=torch.float64).view(4, 4)
+    (scores * weight).sum().backward()
+    assert torch.equal(leaf.grad, weight)
 
 
 @pytest.mark.parametrize("n,k", [(10, 4), (6, 5), (3, 8)])

@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 
 import vidlang.io as vio
+from vidlang import report
 from vidlang.evaluation import metrics
 from vidlang.errors import DataError
 from vidlang.evaluation.metrics import retrieval_metrics, t2v_ranks, v2t_ranks
@@ -106,10 +109,23 @@ def test_pessimistic_never_better_and_ties_matter():
     # A constant score matrix: optimistic says perfect, pessimistic says worst.
     flat = np.zeros((6, 3))
     t2v = [0, 0, 1, 1, 2, 2]
-    assert retrieval_metrics(flat, t2v)["t2v_R@1"] == 100.0
+    assert retrieval_metrics(flat, t2v, tie_break="optimistic")["t2v_R@1"] == 100.0
     m = retrieval_metrics(flat, t2v, tie_break="pessimistic")
     assert m["t2v_R@1"] == 0.0 and m["t2v_MedR"] == 3.0
     assert m["v2t_MedR"] == 5.0  # 4 other texts tie with its best caption
+
+
+@pytest.mark.parametrize("n_videos,per_video", [(2, 1), (5, 1), (10, 20), (7, 3)])
+def test_default_ties_count_against_the_ground_truth(n_videos, per_video):
+    """An untrained model that scores everything alike must not look good: all-equal scores give at
+    most chance R@1 (here the worst rank) both ways, and a tie with one other item costs a place."""
+    t2v = np.repeat(np.arange(n_videos), per_video)
+    m = retrieval_metrics(np.full((len(t2v), n_videos), 0.25, dtype=np.float32), t2v)
+    assert m["t2v_R@1"] <= 100.0 / n_videos and m["v2t_R@1"] <= 100.0 * per_video / len(t2v)
+    assert m["t2v_MedR"] == n_videos and m["v2t_MedR"] == len(t2v) - per_video + 1
+    tied = np.eye(n_videos)[t2v]  # the ground truth scores 1 ...
+    tied[np.arange(len(t2v)), (t2v + 1) % n_videos] = 1.0  # ... and so does one other video
+    assert t2v_ranks(tied, t2v).tolist() == [2] * len(t2v)
 
 
 # ------------------------------------------------------------ hand-worked cases
@@ -124,7 +140,7 @@ HAND = np.array(
 
 
 def test_hand_3x3_optimistic():
-    m = retrieval_metrics(HAND, [0, 1, 2], ks=(1, 2, 5))
+    m = retrieval_metrics(HAND, [0, 1, 2], ks=(1, 2, 5), tie_break="optimistic")
     # t2v ranks [1, 2, 2]
     assert m["t2v_R@1"] == pytest.approx(100 / 3)
     assert m["t2v_R@2"] == 100.0
@@ -164,13 +180,19 @@ def test_own_caption_ties_do_not_count():
     assert v2t_ranks(sim, [0, 0, 1], "pessimistic").tolist() == [1, 1]
 
 
-def test_numpy_and_torch_agree():
+@pytest.mark.parametrize("tie_break", ["optimistic", "pessimistic"])
+def test_numpy_torch_and_permuted_candidates_agree(tie_break):
+    """The same scores as numpy, torch and a reversed-column (negative-stride) float64 view with the
+    ground truth renumbered: the metrics must not depend on the container or the candidates' order,
+    ties included (an index-order tie-break, as argsort gives, would differ)."""
     rng = np.random.default_rng(0)
-    sim, t2v = random_case(rng, 9, 2, tied=False)
-    a = retrieval_metrics(sim, t2v)
-    b = retrieval_metrics(torch.from_numpy(sim), torch.from_numpy(t2v))
-    c = retrieval_metrics(sim.astype(np.float64)[:, ::-1][:, ::-1], list(t2v))
+    sim, t2v = random_case(rng, 9, 2, tied=True)
+    a = retrieval_metrics(sim, t2v, tie_break=tie_break)
+    b = retrieval_metrics(torch.from_numpy(sim), torch.from_numpy(t2v), tie_break=tie_break)
+    reversed_cols = sim.astype(np.float64)[:, ::-1]
+    c = retrieval_metrics(reversed_cols, list(sim.shape[1] - 1 - t2v), tie_break=tie_break)
     assert a == b == c
+    assert a["t2v_R@1"] == pytest.approx(loop_metrics(sim, t2v.tolist(), (1,), tie_break)["t2v_R@1"])
 
 
 # ------------------------------------------------------------ bad input
@@ -233,9 +255,10 @@ def test_mean_std_sample_std():
 def test_write_result_json(tmp_path):
     path = tmp_path / "sub" / "result.json"
     m = {"t2v_R@1": np.float32(17.5), "num_texts": np.int64(2000)}
-    write_result_json(path, m, split="val", scoring="dual", config={"lr": 1e-4, "out": tmp_path}, extra={"seed": 1})
+    write_result_json(path, m, split="val", scoring="dual", protocol="1k-A-jsfusion", config={"lr": 1e-4, "out": tmp_path},
+                      extra={"seed": 1})
     doc = json.loads(path.read_text())
-    assert doc["split"] == "val" and doc["scoring"] == "dual"
+    assert doc["split"] == "val" and doc["scoring"] == "dual" and doc["protocol"] == "1k-A-jsfusion"
     assert doc["metrics"] == {"t2v_R@1": 17.5, "num_texts": 2000}
     assert doc["config"] == {"lr": 1e-4, "out": str(tmp_path)} and doc["extra"] == {"seed": 1}
     assert isinstance(doc["vidlang_version"], str) and doc["vidlang_version"]
@@ -244,20 +267,55 @@ def test_write_result_json(tmp_path):
     assert os.listdir(path.parent) == ["result.json"]  # no temp file left
     # A NaN metric is refused and the old file is kept.
     with pytest.raises(ValueError, match="t2v_R@1"):
-        write_result_json(path, {"t2v_R@1": float("nan")}, split="val", scoring="dual")
+        write_result_json(path, {"t2v_R@1": float("nan")}, split="val", scoring="dual", protocol="all-captions")
+    with pytest.raises(ValueError, match="protocol"):
+        write_result_json(path, {"t2v_R@1": 1.0}, split="val", scoring="dual", protocol="")
+    with pytest.raises(TypeError, match="protocol"):
+        write_result_json(path, {"t2v_R@1": 1.0}, split="val", scoring="dual")  # noqa: required
     assert json.loads(path.read_text())["metrics"]["num_texts"] == 2000
 
 
 def test_result_is_stamped_with_the_provenance_taken_at_run_start(tmp_path):
     started = {"git_commit": "a" * 40, "git_dirty": False}  # the checkout moved on during the run
-    write_result_json(tmp_path / "r.json", {"x": 1.0}, split="val", scoring="s1", provenance=started)
+    write_result_json(tmp_path / "r.json", {"x": 1.0}, split="val", scoring="s1", protocol="clip",
+                      provenance=started)
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["git_commit"] == "a" * 40 and doc["git_dirty"] is False
 
 
-def test_git_commit_shape():
-    c = git_commit()
-    assert c is None or re.fullmatch(r"[0-9a-f]{40}", c)
+def _git(cwd, *args):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_commit_names_the_head_of_the_package_checkout(tmp_path, monkeypatch):
+    """The package's folder in a repo with one commit: that commit; outside a repo, or in an ignored
+    folder of a repo (an installed copy inside a .venv): None."""
+    repo, pkg = tmp_path / "repo", tmp_path / "repo" / "src" / "vidlang"
+    pkg.mkdir(parents=True)
+    (pkg / "x.py").write_text("x = 1\n")
+    monkeypatch.setattr(report, "_PKG_DIR", pkg)
+    _git(repo, "init", "-q")
+    assert git_commit() is None  # a work tree without a commit
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "one")
+    head = _git(repo, "rev-parse", "HEAD")
+    assert re.fullmatch(r"[0-9a-f]{40}", head) and git_commit() == head
+    assert report.git_dirty() is False
+    (pkg / "x.py").write_text("x = 2\n")
+    assert report.git_dirty() is True
+    venv = repo / ".venv" / "vidlang"
+    venv.mkdir(parents=True)
+    (repo / ".gitignore").write_text(".venv/\n")
+    monkeypatch.setattr(report, "_PKG_DIR", venv)
+    assert git_commit() is None
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    monkeypatch.setattr(report, "_PKG_DIR", outside)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    assert git_commit() is None
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):

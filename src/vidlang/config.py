@@ -22,7 +22,7 @@ from vidlang.errors import ConfigError
 class DataConfig:
     root: str = ""  # folder laid out like msrvtt-ae128-dev (features.npy + video_ids.txt + annotations.json)
     features: str = ""  # feature store; default: root
-    annotations: str = ""  # annotation file; default: root/annotations.json
+    annotations: str = ""  # annotation file, or several joined by ','; default: root/annotations.json
     transcripts: str = ""  # MV-GPT: timed utterances (HowTo100M json, YouCook2/ActivityNet json, .jsonl)
     train_split: str = ""  # id list file, split name, index:A:B; "" = the annotations' own "train" split
     val_split: str = ""  # held out from training: id list file, split name, index:A:B, carve:N, or none (required)
@@ -31,6 +31,10 @@ class DataConfig:
     max_frames: int = 48
     max_words: int = 30
     paragraph: bool = False  # ActivityNet: a video's sentences joined into one text
+    # Evaluation protocol, stamped on every result (vidlang.data.sources.PROTOCOLS): "all-captions" (every
+    # caption a query), "1k-A-jsfusion" (MSR-VTT 1k-A as published: one sentence per test video), "paragraph"
+    # (goes with paragraph: true) or "clip" (segments). "": paragraph / clip / all-captions from the annotations.
+    protocol: str = ""
     allow_pickle: bool = False
     skip_bad: bool = False  # skip and count bad items instead of raising
     num_workers: int = 0

@@ -77,7 +77,7 @@ def run_demo(out_dir: Path = Path("runs/demo"), steps: int | None = None, num_vi
           f"{loaded.cfg.eval.scoring} (s1 + 0.5 s2 + s3)")
     print(format_table({"TACo": metrics, "chance": rand}, keys))
     write_result_json(Path(cfg.train.out_dir) / "demo-result.json", metrics, split="demo-world:validate",
-                      scoring=loaded.cfg.eval.scoring, config=loaded.cfg.to_dict(), extra={"chance": rand})
+                      scoring=loaded.cfg.eval.scoring, protocol=source.protocol, config=loaded.cfg.to_dict(), extra={"chance": rand})
 
     print(f"4/{total} text queries and their top clips (held-out clips; the clip's own first caption shown):")
     val_ids = [c.video_id for c in val.clips]
@@ -119,7 +119,7 @@ def run_caption_demo(out_dir: Path, steps: int | None, progress: bool, scenes: i
         print(f"  {key}\n      narration: {transcript[key]!r}\n      caption:   {preds[key]!r}\n"
               f"      reference: {refs[key][0]!r}")
     write_result_json(Path(cfg.train.out_dir) / "demo-result.json", metrics, split="narrated-world:validate",
-                      scoring=decoding_name(loaded.cfg), config=loaded.cfg.to_dict(), extra={"meteor": False})
+                      scoring=decoding_name(loaded.cfg), protocol="all-references", config=loaded.cfg.to_dict(), extra={"meteor": False})
     return metrics
 
 

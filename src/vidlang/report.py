@@ -183,13 +183,16 @@ def write_result_json(
     *,
     split: str,
     scoring: str,
+    protocol: str,
     config: Mapping[str, Any] | Any | None = None,
     extra: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
 ) -> None:
     """Atomically write ``metrics`` as JSON, stamped with provenance.
 
-    Keys: ``metrics``, ``split``, ``scoring`` (e.g. "dual", "cascade"), ``config``
+    Keys: ``metrics``, ``split``, ``scoring`` (e.g. "dual", "cascade"), ``protocol`` (required: which
+    queries were scored, e.g. "1k-A-jsfusion", "all-captions", "paragraph", "clip"; see
+    ``vidlang.data.sources.PROTOCOLS``; captioning: "all-references"), ``config``
     (the resolved config: a mapping or a dataclass), ``extra``, ``vidlang_version``,
     ``git_commit`` (None outside a git checkout), ``git_dirty``, ``timestamp``
     (UTC, ISO 8601). Non-finite metric values are refused with ValueError. ``provenance``
@@ -197,11 +200,14 @@ def write_result_json(
     result names the code that produced it even if the checkout changed during the run.
     """
     _check_finite(metrics)
+    if not isinstance(protocol, str) or not protocol.strip():
+        raise ValueError(f"a result needs its evaluation protocol (e.g. 'all-captions'), got {protocol!r}")
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
     payload = {
         "split": split,
         "scoring": scoring,
+        "protocol": protocol,
         "metrics": dict(metrics),
         "config": None if config is None else dict(config),
         "extra": None if extra is None else dict(extra),

@@ -124,7 +124,7 @@ def score_test_split(task: Task, exp: Experiment, cfg: Config, out_dir: Path, de
               "ids_sha256": exp.manifest.get("test", {}).get("ids_sha256")}
     if distributed.is_main():
         write_result_json(out_dir / "results" / "test.json", metrics, split=f"test:{cfg.data.test_split}",
-                          scoring=task.scoring(cfg),
+                          scoring=task.scoring(cfg), protocol=exp.manifest.get("protocol", {}).get("test") or task.name,
                           config=cfg.to_dict(), extra={k: v for k, v in result.items() if k != "metrics"})
         print("test split (scored once): " + "  ".join(f"{k} {metrics[k]:.3g}" for k in task.show_keys(cfg) if k in metrics))
     return result

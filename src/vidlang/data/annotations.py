@@ -25,10 +25,13 @@ from vidlang.errors import ConfigError, DataError
 
 __all__ = [
     "read_msrvtt", "read_id_list", "read_youcook2", "read_activitynet", "read_jsonl",
-    "read_annotations", "filter_clips",
+    "read_annotations", "read_annotation_files", "read_id_sentences", "filter_clips", "MIN_SPLIT_MATCH",
 ]
 
 PathLike = str | os.PathLike
+# An id list must find at least this share of its ids (annotated, and in the feature store where one
+# is given), else it belongs to other annotations (e.g. MSR-VTT 1k-A test ids vs train_val only).
+MIN_SPLIT_MATCH = 0.5
 MSRVTT_SPLITS = ("train", "validate", "test")
 YOUCOOK2_SUBSETS = {"training": "training", "train": "training", "validation": "validation",
                     "val": "validation", "validate": "validation", "testing": "testing", "test": "testing"}
@@ -36,7 +39,7 @@ YOUCOOK2_SUBSETS = {"training": "training", "train": "training", "validation": "
 
 # ----------------------------------------------------------------------------- low-level reading
 def read_text(path: Path) -> str:
-    """Read a file (or the single json inside a .zip, or a .gz) and decode it as UTF-8.
+    """Read a file (the single json inside a .zip, or a .gz) and decode it as UTF-8.
 
     Undecodable bytes become lone surrogates (``surrogateescape``) so that the record
     holding them can be named later; :func:`_is_utf8` spots them.
@@ -213,6 +216,27 @@ def read_id_list(path: PathLike) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def read_id_sentences(path: PathLike) -> dict[str, str] | None:
+    """``{video_id: sentence}`` from an id-list CSV with a ``sentence`` column (JSFusion's
+    ``MSRVTT_JSFUS_test.csv``: key, vid_key, video_id, sentence), or None when the file has none.
+    A video listed twice with different sentences is a DataError."""
+    path = Path(path)
+    lines = [ln for ln in (x.strip() for x in read_text(path).splitlines()) if ln and not ln.startswith("#")]
+    if not lines or "," not in lines[0]:
+        return None
+    reader = csv.DictReader(io.StringIO("\n".join(lines)))
+    if not {"video_id", "sentence"} <= set(reader.fieldnames or []):
+        return None
+    out: dict[str, str] = {}
+    for n, row in enumerate(reader, 1):
+        vid, sentence = (row.get("video_id") or "").strip(), (row.get("sentence") or "").strip()
+        if not vid or not sentence:
+            raise DataError(f"{path}: data row {n} has an empty video_id or sentence")
+        if out.setdefault(vid, sentence) != sentence:
+            raise DataError(f"{path}: video {vid!r} is listed with two sentences (data row {n})")
+    return out
+
+
 # ----------------------------------------------------------------------------- YouCook2
 def read_youcook2(path: PathLike, split: str | None = None, *, skip_bad: bool = False,
                   counter: Counter | None = None) -> list[Clip]:
@@ -316,7 +340,9 @@ def read_jsonl(path: PathLike, *, skip_bad: bool = False, counter: Counter | Non
 
 # ----------------------------------------------------------------------------- dispatch
 def read_annotations(path: PathLike, **kw: Any) -> list[Clip]:
-    """Pick the reader from the file name, then the content; ``kw`` goes to that reader."""
+    """Pick the reader from the file name, then the content; ``kw`` goes to that reader.
+
+    ``paragraph=False`` is accepted (and means nothing) for formats other than ActivityNet."""
     path = Path(path)
     name = path.name.lower()
     if path.is_dir() or name.endswith(".zip"):
@@ -339,6 +365,8 @@ def read_annotations(path: PathLike, **kw: Any) -> list[Clip]:
         raise DataError(f"cannot tell the annotation format of {path} (MSR-VTT, YouCook2, "
                         "ActivityNet Captions json or .jsonl expected)")
     options = {**defaults, "skip_bad": False, "counter": None}
+    if kw.get("paragraph") is False and "paragraph" not in options:
+        kw = {k: v for k, v in kw.items() if k != "paragraph"}  # no paragraphs in this format: nothing to undo
     unknown = set(kw) - set(options)
     if unknown:
         raise ConfigError(f"{path}: option(s) {sorted(unknown)} do not apply to this format; "
@@ -346,7 +374,38 @@ def read_annotations(path: PathLike, **kw: Any) -> list[Clip]:
     return parse(data, path, **{**options, **kw})
 
 
-def filter_clips(clips: Iterable[Clip], ids: Iterable[str]) -> list[Clip]:
-    """Keep the clips whose video_id is in ``ids``, in their original order."""
-    keep = set(ids)
-    return [c for c in clips if c.video_id in keep]
+def read_annotation_files(spec: PathLike, **kw: Any) -> list[Clip]:
+    """Clips of one annotation file, or of several joined by ``,`` (MSR-VTT's 1k-A test videos are in
+    ``test_videodatainfo.json``, its 9k training videos in both files). A video annotated in two of
+    the files is a DataError naming both."""
+    paths = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if not paths:
+        raise ConfigError("no annotation file given")
+    clips: list[Clip] = []
+    owner: dict[str, str] = {}
+    for path in paths:
+        part = read_annotations(path, **kw)
+        for vid in dict.fromkeys(c.video_id for c in part):
+            if owner.setdefault(vid, path) != path:
+                raise DataError(f"video {vid!r} is annotated in both {owner[vid]} and {path}")
+        clips.extend(part)
+    return clips
+
+
+def filter_clips(clips: Iterable[Clip], ids: Iterable[str], split: str | None = None,
+                 min_match: float = MIN_SPLIT_MATCH) -> list[Clip]:
+    """Keep the clips whose video_id is in ``ids``, in their original order.
+
+    When fewer than ``min_match`` of the (non-empty) ``ids`` have a clip, the list does not belong to
+    these annotations: ConfigError naming ``split`` (the id-list file) and the counts. ``min_match=0``
+    turns the check off.
+    """
+    clips, keep = list(clips), set(ids)
+    out = [c for c in clips if c.video_id in keep]
+    if keep:
+        matched = len(keep & {c.video_id for c in out})
+        if min_match > 0 and (matched == 0 or matched < len(keep) * min_match):
+            raise ConfigError(
+                f"split {split or '(id list)'}: only {matched} of its {len(keep)} listed video ids are in the "
+                f"annotations (need at least {min_match:.0%}); is it the split of another annotation file?")
+    return out

@@ -4,12 +4,13 @@ Conventions (shared by every vidlang retrieval number):
 
 * ``sim[i, j]`` is the score of text ``i`` against video ``j``; higher is more similar.
 * Ranks are 1-based.
-* Ties, ``tie_break="optimistic"`` (default, as CLIP4Clip's ``compute_metrics``):
-  rank = 1 + number of candidates scoring *strictly higher* than the ground truth.
-  ``tie_break="pessimistic"``: rank = 1 + number of *other* (non-ground-truth)
-  candidates scoring ``>=`` the ground truth. With optimistic ties a degenerate model
-  that gives every candidate the same score gets rank 1 everywhere; use the
-  pessimistic mode when that matters (e.g. sanity checks of untrained models).
+* Ties count against the ground truth (``tie_break="pessimistic"``, the default):
+  rank = 1 + number of *other* (non-ground-truth) candidates scoring ``>=`` the ground
+  truth. A model that gives every candidate the same score therefore gets the worst
+  rank (R@1 = 0), never a perfect one. ``tie_break="optimistic"`` (CLIP4Clip's
+  ``compute_metrics``: rank = 1 + number of candidates scoring *strictly higher*) is
+  kept only to compare with numbers computed that way; it rewards ties, so a constant
+  score matrix gets R@1 = 100%. With distinct scores the two modes agree.
 * Text->video: each text is a query; its ground truth is ``text_to_video[i]``.
 * Video->text: each video is a query over all texts; several texts may belong to a
   video (MSR-VTT: 20). The video's rank is the position of the *first* of its own
@@ -75,7 +76,7 @@ def _check_finite(block: torch.Tensor, offset: int, what: str) -> None:
 
 
 def t2v_ranks(
-    sim: torch.Tensor | np.ndarray, text_to_video: Sequence[int], tie_break: str = "optimistic"
+    sim: torch.Tensor | np.ndarray, text_to_video: Sequence[int], tie_break: str = "pessimistic"
 ) -> torch.Tensor:
     """1-based rank of each text's ground-truth video among all videos, shape (num_texts,)."""
     _check_tie_break(tie_break)
@@ -96,7 +97,7 @@ def t2v_ranks(
 
 
 def v2t_ranks(
-    sim: torch.Tensor | np.ndarray, text_to_video: Sequence[int], tie_break: str = "optimistic"
+    sim: torch.Tensor | np.ndarray, text_to_video: Sequence[int], tie_break: str = "pessimistic"
 ) -> torch.Tensor:
     """1-based rank, for each video as query, of the first of its own texts among all texts.
 
@@ -139,7 +140,7 @@ def retrieval_metrics(
     sim: torch.Tensor | np.ndarray,
     text_to_video: Sequence[int],
     ks: Sequence[int] = (1, 5, 10, 50),
-    tie_break: str = "optimistic",
+    tie_break: str = "pessimistic",
 ) -> dict[str, float]:
     """Text->video and video->text retrieval metrics of ``sim`` (num_texts, num_videos).
 

@@ -98,16 +98,20 @@ def evaluate_retrieval(model, dataset: VideoTextDataset, cfg: EvalConfig, batch_
 
 def evaluate_folder(loaded, data: str | Path, *, split: str | None = None, features: str | None = None,
                     annotations: str | None = None, scoring: str | None = None, skip_bad: bool = False,
-                    allow_pickle: bool = False, allow_train_overlap: bool = False) -> tuple[dict, dict]:
+                    allow_pickle: bool = False, allow_train_overlap: bool = False,
+                    protocol: str | None = None) -> tuple[dict, dict]:
     """R@k of a loaded TACo checkpoint on a data folder (every annotated video with features, or
     ``split``). Refuses videos the checkpoint trained on unless ``allow_train_overlap``. Returns the
     metrics and what was scored (ids, their hash, overlap, skips, scoring)."""
-    source = open_data(data, features=features, annotations=annotations, allow_pickle=allow_pickle, skip_bad=skip_bad)
-    clips = source.split(split or "all")
+    d = loaded.cfg.data
+    source = open_data(data, features=features, annotations=annotations, allow_pickle=allow_pickle, skip_bad=skip_bad,
+                       paragraph=d.paragraph, protocol=protocol or d.protocol)
+    clips, stamp = source.eval_split(split or "all")
     dataset = loaded.dataset(clips, source.store, skip_bad=skip_bad)  # bad input is named before overlap
     info = held_out(loaded.checkpoint, (c.video_id for c in dataset.clips), allow_train_overlap)
     cfg = copy.copy(loaded.cfg.eval)
     cfg.scoring = scoring or cfg.scoring
     sim, text_to_video = similarity(loaded.model, dataset, cfg, device=loaded.device)
-    info |= {"scoring": cfg.scoring, "skipped": dict(dataset.skipped), "skipped_by_readers": dict(source.counter)}
+    info |= {"scoring": cfg.scoring, "protocol": stamp, "skipped": dict(dataset.skipped),
+             "skipped_by_readers": dict(source.counter)}
     return retrieval_metrics(sim, text_to_video), info

