@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from vidlang import checkpoint as ckpt
-from vidlang.config import Config, config_from_dict
+from vidlang.config import Config, checkpoint_config
 from vidlang.data.dataset import (
     VideoTextDataset,
     collate,
@@ -70,7 +69,7 @@ def load_model(path: str | Path, which: str = "best", kind: str | None = None,
     meta = ckpt.read_meta(folder, expect_model=kind)
     if meta.get("model") not in ("taco", "mvgpt"):
         raise CheckpointError(f"{folder} holds a {meta.get('model')!r} model, not a vidlang taco or mvgpt model")
-    cfg = config_from_dict(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
+    cfg = checkpoint_config(folder)
     if meta["model"] == "mvgpt":
         captioner = MVGPT(cfg, int(meta["video_dim"]), load_text_weights=False)
         ckpt.load_weights(captioner, folder)

@@ -5,7 +5,7 @@ A split is given as one of:
 - a split name of the annotations (``train``, ``validate``, ``test``, ``training``, ``validation``);
 - ``index:A:B``: the store's videos at positions A..B-1 (e.g. ``index:0:700`` = video0..video699
   of msrvtt-ae128-dev);
-- ``all``: every annotated video that the store holds.
+- ``all``: every annotated video (one the store lacks is an error, or a named skip with skip_bad).
 
 A recipe's validation split must be held out from its training split (checked by video id), and
 says so: ``carve:N`` (or ``carve:0.1``) holds out N (or a tenth of the) training videos, chosen by
@@ -27,7 +27,7 @@ from vidlang.config import DataConfig
 from vidlang.data.annotations import filter_clips, read_annotations, read_id_list
 from vidlang.data.features import FeatureStore, open_store
 from vidlang.data.narration import Streams, attach_transcripts, read_transcripts
-from vidlang.data.records import Clip
+from vidlang.data.records import Clip, Skips
 from vidlang.errors import ConfigError, DataError
 
 
@@ -40,14 +40,15 @@ def ids_sha256(video_ids: Iterable[str]) -> str:
 class Source:
     store: FeatureStore
     clips: list[Clip]  # every annotated clip (with its transcript when transcripts were given)
-    counter: Counter = field(default_factory=Counter)  # what the readers skipped
+    counter: Counter = field(default_factory=Skips)  # what the readers skipped (Skips: each item named)
     streams: Streams | None = None  # timed utterances per video, when transcripts were given
 
     def split(self, spec: str) -> list[Clip]:
         return select_split(self.clips, self.store, spec)
 
     def manifest(self, **splits: list[Clip]) -> dict:
-        out = {"store": self.store.manifest(), "skipped_by_readers": dict(self.counter)}
+        out = {"store": self.store.manifest(), "skipped_by_readers": dict(self.counter),
+               "skipped_items_by_readers": list(getattr(self.counter, "items", []))}
         for name, clips in splits.items():
             ids = {c.video_id for c in clips}
             out[name] = {"clips": len(clips), "videos": len(ids), "ids_sha256": ids_sha256(ids)}
@@ -66,7 +67,7 @@ def open_data(root: str | Path | None = None, *, features: str | Path | None = N
     if features is None:
         raise ConfigError("set data.root (a folder like msrvtt-ae128-dev) or data.features (the feature store)")
     annotations = Path(annotations) if annotations else (root / "annotations.json" if root else None)
-    counter: Counter = Counter()
+    counter = Skips()
     clips: list[Clip] = []
     if need_annotations or (annotations is not None and annotations.exists()):
         if annotations is None:
@@ -92,8 +93,8 @@ def open_source(cfg: DataConfig, need_annotations: bool = True) -> Source:
 
 def select_split(clips: list[Clip], store: FeatureStore, spec: str) -> list[Clip]:
     spec = spec.strip()
-    if spec in ("", "all"):
-        return [c for c in clips if c.video_id in store]
+    if spec in ("", "all"):  # a video the store lacks is named by the dataset (or skipped, named)
+        return list(clips)
     if spec.startswith("index:"):
         try:
             _, a, b = spec.split(":")

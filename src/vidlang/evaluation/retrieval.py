@@ -109,5 +109,6 @@ def evaluate_folder(loaded, data: str | Path, *, split: str | None = None, featu
     cfg = copy.copy(loaded.cfg.eval)
     cfg.scoring = scoring or cfg.scoring
     sim, text_to_video = similarity(loaded.model, dataset, cfg, device=loaded.device)
-    info |= {"scoring": cfg.scoring, "skipped": dict(dataset.skipped), "skipped_by_readers": dict(source.counter)}
+    info |= {"scoring": cfg.scoring, "skipped": dict(dataset.skipped), "skipped_by_readers": dict(source.counter),
+             "skipped_items": [*source.counter.items, *dataset.skipped.items]}
     return retrieval_metrics(sim, text_to_video), info

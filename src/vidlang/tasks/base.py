@@ -60,4 +60,6 @@ def experiment_manifest(source, splits, train_set, val_set=None, test_set=None) 
     for name, spec in splits.described.items():
         manifest[name]["split"] = spec
     manifest["skipped_by_dataset"] = {name: dict(ds.skipped) if ds is not None else {} for name, ds in sets.items()}
+    manifest["skipped_items_by_dataset"] = {name: list(getattr(ds.skipped, "items", [])) if ds is not None else []
+                                            for name, ds in sets.items()}
     return manifest
