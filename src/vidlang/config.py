@@ -216,7 +216,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     if isinstance(exc, yaml.constructor.ConstructorError):
-        problem += " (tags that build Python objects are refused)"
+        tag = problem.split("tag ", 1)[-1] if "tag " in problem else "a tag"
+        problem = f"refused {tag}: tags that build Python objects are not loaded"
     return where + problem
 
 
@@ -313,8 +314,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file not found: {path} (packaged recipes: {known})")
         values = read_config_file(path)
         _apply(cfg, migrate(values, str(path)), "", str(path))
-    _apply(cfg, migrate(parse_overrides(overrides or []), "override"), "", "override")
-    check_values(cfg, str(path) if path is not None else "")
+    given = migrate(parse_overrides(overrides or []), "override")
+    _apply(cfg, given, "", "override")
+    check_values(cfg, str(path) if path is not None else "", set(flatten(given)))
     return cfg
 
 
@@ -334,7 +336,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(exc)})") from None
+        kind = "unsafe YAML" if isinstance(exc, yaml.constructor.ConstructorError) else "not valid YAML"
+        raise ConfigError(f"config file {path} is {kind} ({_yaml_problem(exc)})") from None
     if values is None:
         raise ConfigError(f"config file {path} is empty; expected {EXPECTED}")
     if not isinstance(values, dict):
@@ -363,9 +366,10 @@ def save_config(cfg: Config, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def check_values(cfg: Config, source: str = "") -> None:
-    """Refuse values out of range (config_rules: VALUE_CHECKS, CHOICES, finite floats), naming the key."""
-    check_flat_values(flatten(cfg.to_dict()), source)
+def check_values(cfg: Config, source: str = "", overridden: set[str] = frozenset()) -> None:
+    """Refuse values out of range (config_rules: VALUE_CHECKS, CHOICES, finite floats), naming the key
+    and where it was set (``source``, or an override when the key is in ``overridden``)."""
+    check_flat_values(flatten(cfg.to_dict()), source, overridden)
 
 
 def config_changes(old: Config, new: Config, ignore: frozenset[str] = RESUME_MAY_CHANGE) -> dict[str, tuple]:

@@ -65,10 +65,11 @@ RESUME_MAY_CHANGE = frozenset({
 })
 
 
-def check_flat_values(values: dict[str, Any], source: str = "") -> None:
-    """Refuse values out of range (VALUE_CHECKS, CHOICES, finite floats), naming the key."""
-    where = f" (in {source})" if source and source != "override" else ""
+def check_flat_values(values: dict[str, Any], source: str = "", overridden: set[str] = frozenset()) -> None:
+    """Refuse values out of range (VALUE_CHECKS, CHOICES, finite floats), naming the key and where it
+    was set: an override (a key in ``overridden``), else ``source``."""
     for key, value in values.items():
+        where = " (from an override)" if key in overridden else f" (in {source})" if source else ""
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}{where}")
         rule = VALUE_CHECKS.get(key)
@@ -76,6 +77,7 @@ def check_flat_values(values: dict[str, Any], source: str = "") -> None:
             raise ConfigError(f"config key '{key}' must be {_RULES[rule][1]}, got {value!r}{where}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}{where}")
+    where = " (from an override)" if "train.steps" in overridden else f" (in {source})" if source else ""
     if values.get("train.steps") == 0 and not values.get("train.init_from"):
         raise ConfigError(f"config key 'train.steps' is 0: nothing to train (give train.init_from to only score "
                           f"those weights){where}")
