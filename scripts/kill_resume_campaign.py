@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import make_data, tiny_overrides, write_recipe  # noqa: E402
+from conftest import make_data, tiny_overrides, write_recipe
 
 EXTRA = ["train.steps=16", "train.save_every=2", "train.eval_every=4", "model.text_trainable_layers=0"]
 
@@ -85,7 +85,7 @@ def main() -> None:
             latest = (run / "latest").read_text().strip() if (run / "latest").is_file() else None
             kills.append({"after_step": step, "delay_s": round(delay, 3), "killed": proc.returncode == -signal.SIGKILL,
                           "latest": latest})
-        final = subprocess.run(command(recipe, run, data), env=env, capture_output=True, text=True)
+        final = subprocess.run(command(recipe, run, data), env=env, capture_output=True, text=True, check=False)
         if final.returncode != 0:
             print(f"trial {t}: FAILED\n{final.stderr[-2000:]}", flush=True)
             return record({"trial": t, "kills": kills, "error": final.stderr[-2000:]})

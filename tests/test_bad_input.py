@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    make_data,
+    read_annotations_json,
+    tiny_config,
+    tiny_overrides,
+    write_annotations,
+    write_recipe,
+)
 from safetensors.torch import load_file, save_file
 
-from conftest import make_data, read_annotations_json, tiny_config, tiny_overrides, write_annotations, write_recipe
 from vidlang.cli import main
 from vidlang.errors import ConfigError, DataError
 
@@ -212,6 +219,7 @@ def test_nan_weights_are_named_on_load(tmp_path, trained_run, data_dir, capsys):
 @pytest.fixture(scope="module")
 def captioner(tmp_path_factory, data_dir) -> Path:
     from helpers import MVGPT_TINY
+
     from vidlang.config import load_config
     from vidlang.train import train
 

