@@ -103,7 +103,7 @@ def test_empty_caption_raises_or_is_counted(tmp_path):
     path = dump(tmp_path / "dev.json", {"vidX": {"split": "train", "captions": ["ok", "   "]}})
     with pytest.raises(DataError, match=r"dev\.json.*vidX.*empty") as e:
         read_msrvtt(path)
-    assert "skip_bad=True" in str(e.value)
+    assert "data.skip_bad=true" in str(e.value)
     counter = Counter()
     assert read_msrvtt(path, skip_bad=True, counter=counter) == [Clip("vidX", "ok", split="train")]
     assert counter["empty_caption"] == 1

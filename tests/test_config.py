@@ -127,10 +127,53 @@ def test_unknown_key_inside_yaml_names_it(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_empty_yaml_is_the_defaults(tmp_path):
+def test_empty_yaml_is_an_error_naming_the_file(tmp_path):
+    """An empty recipe is most likely a truncated or wrong file: refused, naming it and what was expected."""
     recipe = tmp_path / "empty.yaml"
     recipe.write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"empty\.yaml is empty; expected a mapping of sections"):
+        load_config(recipe)
+    recipe.write_text("{}\n", encoding="utf-8")  # an explicit empty mapping is the defaults
     assert load_config(recipe) == Config()
+
+
+@pytest.mark.parametrize("text, named", [
+    ("train:\n  lr: [1\n", "line 3"),  # invalid YAML: the file and the line
+    ("train: !!python/object:os.system {}\n", "refused"),  # unsafe tag: refused, not a traceback
+])
+def test_bad_yaml_names_the_file(tmp_path, text, named):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"bad\.yaml.*{named}"):
+        load_config(recipe)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=-0.1", "train.lr"), ("train.lr=nan", "train.lr"), ("train.lr=.nan", "train.lr"),
+    ("train.batch_size=0", "train.batch_size"), ("train.steps=-3", "train.steps"), ("train.steps=0", "train.steps"),
+    ("data.max_frames=0", "data.max_frames"), ("decode.beam_size=0", "decode.beam_size"),
+    ("mvgpt.mask_prob=1.5", "mvgpt.mask_prob"), ("model.dropout=-0.1", "model.dropout"),
+    ("decode.top_p=0", "decode.top_p"), ("train.save_every=0", "train.save_every"),
+    ("train.weight_decay=inf", "train.weight_decay"), ("train.optimizer=sgd", "train.optimizer"),
+    ("train.resume=maybe", "train.resume"),
+])
+def test_values_out_of_range_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(None, [override])
+
+
+def test_zero_steps_scores_init_weights():
+    assert load_config(None, ["train.steps=0", "train.init_from=runs/x"]).train.steps == 0
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.out_dir=007", "007"), ("train.out_dir=1e3", "1e3"), ("train.out_dir=yes", "yes"),
+    ("data.val_split=0.5", "0.5"), ("train.device=cuda:0", "cuda:0"),
+])
+def test_string_overrides_keep_their_text(override, expected):
+    key = override.split("=")[0].split(".")
+    value = getattr(getattr(load_config(None, [override]), key[0]), key[1])
+    assert value == expected and type(value) is str
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)

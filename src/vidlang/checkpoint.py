@@ -106,8 +106,20 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
         raise CheckpointError(f"checkpoint not found: {path}")
     found = _pointer(path, which) or _pointer(path, "latest")
     if found is None:
-        raise CheckpointError(f"{path} holds no complete checkpoint (no meta.json, no valid 'latest' pointer)")
+        foreign = sorted(f.name for f in path.iterdir() if f.name in FOREIGN_WEIGHTS) if path.is_dir() else []
+        if foreign:
+            raise CheckpointError(
+                f"{path} holds {', '.join(foreign)} but no meta.json: a Hugging Face / PyTorch weights folder, not a "
+                f"vidlang checkpoint (expected {EXPECTED}). To start from such weights, set model.text_encoder "
+                "to the folder (text encoders) or train from it with train.init_from pointing at a vidlang run")
+        raise CheckpointError(f"{path} holds no complete checkpoint: expected {EXPECTED}, or a run folder with a "
+                              "'latest' pointer naming one")
     return found
+
+
+EXPECTED = "a folder with meta.json, model.safetensors and config.yaml, as written by `vidlang train`"
+FOREIGN_WEIGHTS = ("pytorch_model.bin", "model.safetensors", "pytorch_model.bin.index.json",
+                   "model.safetensors.index.json", "tf_model.h5", "model.pt", "model.pth", "checkpoint.pth")
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -121,6 +133,8 @@ def read_meta(checkpoint: str | Path, expect_model: str | None = None) -> dict[s
         meta = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read {checkpoint / 'meta.json'}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{checkpoint / 'meta.json'} holds a {type(meta).__name__}; expected a JSON object")
     if expect_model is not None and meta.get("model") != expect_model:
         raise CheckpointError(
             f"{checkpoint} holds a '{meta.get('model')}' model, not a '{expect_model}' model"
@@ -144,7 +158,14 @@ def load_weights(model: torch.nn.Module, checkpoint: str | Path) -> None:
             f"{file} does not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shape {wrong[:5]}"
         )
+    bad = [k for k, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        t = weights[bad[0]]
+        raise CheckpointError(f"{file}: tensor '{bad[0]}' holds {int(torch.isnan(t).sum())} NaN and "
+                              f"{int(torch.isinf(t).sum())} infinite values ({len(bad)} such tensors: {bad[:5]}); "
+                              "the checkpoint is damaged or training diverged")
     model.load_state_dict(weights)
+
 
 
 def load_state(checkpoint: str | Path) -> dict[str, Any]:

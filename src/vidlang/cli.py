@@ -5,9 +5,22 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from vidlang.errors import VidlangError
+from vidlang.errors import CheckpointError, VidlangError
+
+
+def print_skips(items: list[dict], limit: int = 20) -> None:
+    """Name every skipped item (the first ``limit`` here; all of them in the result JSON)."""
+    from vidlang.data.records import describe_skip
+
+    if items:
+        print(f"skipped {len(items)} bad items (--skip-bad):")
+        for item in items[:limit]:
+            print(f"  {describe_skip(item)}")
+        if len(items) > limit:
+            print(f"  ... and {len(items) - limit} more, all named in the result JSON ('skipped_items')")
 
 
 def cmd_train(args) -> None:
@@ -77,8 +90,9 @@ def cmd_evaluate(args) -> None:
                       config=loaded.cfg.to_dict(), extra=extra)
     if args.json:
         print(json.dumps({"split": split, "scoring": scoring, "ids_sha256": info["ids_sha256"], "metrics": metrics,
-                          "result_file": str(out)}, indent=2))
+                          "skipped_items": info["skipped_items"], "result_file": str(out)}, indent=2))
     else:
+        print_skips(info["skipped_items"])
         keys = ["t2v_R@1", "t2v_R@5", "t2v_R@10", "t2v_R@50", "t2v_MedR", "t2v_MeanR",
                 "v2t_R@1", "v2t_R@5", "v2t_R@10", "v2t_R@50", "v2t_MedR", "v2t_MeanR"]
         print(f"split {split}  scoring {scoring}  ({metrics['num_texts']} texts, {metrics['num_videos']} videos)")
@@ -106,6 +120,8 @@ def cmd_caption(args) -> None:
         if not (args.features and args.features.endswith(".npy")):
             raise ConfigError("give --data DIR (caption and score a folder) or --features FILE.npy (caption one input)")
         text = caption(loaded, np.load(args.features, allow_pickle=False), args.transcript, method=args.method, **settings)
+        if not text.strip():
+            raise CheckpointError(f"{loaded.checkpoint} gave an empty caption for {args.features}")
         print(json.dumps({"features": args.features, "caption": text, "decoding": stamp}) if args.json else text)
         return
     data = Path(args.data)
@@ -124,14 +140,19 @@ def cmd_caption(args) -> None:
                       extra=extra)
     if args.json:
         print(json.dumps({"split": split, "decoding": stamp, "metrics": metrics, "result_file": str(out),
-                          "captions_file": str(captions_file)}, indent=2))
+                          "captions_file": str(captions_file), "skipped_items": scored["skipped_items"],
+                          "empty_captions": scored["empty_captions"]}, indent=2))
     else:
+        print_skips(scored["skipped_items"])
         print(f"split {split}  decoding {stamp}  ({len(preds)} videos, {sum(map(len, refs.values()))} references)")
         print(describe(scored))
         print(format_table({"MV-GPT": metrics}, list(metrics), digits=3))
         for key in list(preds)[:3]:
             print(f"  {key}: {preds[key]!r}   (e.g. reference {refs[key][0]!r})")
         print(f"written to {out} and {captions_file}")
+    if scored["empty_captions"]:
+        print(f"vidlang: warning: {len(scored['empty_captions'])} of {len(preds)} captions are empty (scored as such), "
+              f"e.g. {scored['empty_captions'][:5]}; all listed in {out}", file=sys.stderr)
 
 
 def cmd_export(args) -> None:
@@ -164,6 +185,7 @@ def cmd_index(args) -> None:
     skipped = index.meta.get("skipped", {})
     print(f"indexed {len(index)} clips with {loaded.checkpoint} ({index.meta['faiss']['built'] or 'no FAISS'}"
           f"{f'; skipped {len(skipped)} bad videos' if skipped else ''}) -> {args.out}")
+    print_skips([{"reason": "bad_video", "id": vid, "message": why} for vid, why in skipped.items()])
 
 
 def cmd_search(args) -> None:
@@ -258,7 +280,10 @@ def cmd_serve(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vidlang", description="Video-language learning: TACo retrieval and MV-GPT captioning.")
+    parser = argparse.ArgumentParser(prog="vidlang", description="Video-language learning: TACo retrieval and MV-GPT captioning.",
+                                     epilog="Bad input exits with code 2 and a message naming the file, line, id or key; "
+                                            "--debug (anywhere on the line) also prints the traceback.")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("extract", help="decode videos and write a frame-feature store that training reads")
@@ -440,14 +465,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_message(exc: BaseException) -> tuple[str, int]:
+    """A short message and exit code: 2 for bad input (a VidlangError, a file that is missing or
+    unreadable, a training run that diverged), 1 for anything else (a bug)."""
+    if isinstance(exc, (VidlangError, FloatingPointError)):
+        return f"vidlang: error: {exc}", 2
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"vidlang: error: {exc.strerror or exc}: {exc.filename}", 2
+    return (f"vidlang: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, "
+            "and please report it)", 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("VIDLANG_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         args.func(args)
-    except VidlangError as exc:
-        print(f"vidlang: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every error becomes a message and an exit code
+        if debug:
+            traceback.print_exc()
+        message, code = error_message(exc)
+        print(message, file=sys.stderr)
+        return code
     return 0
 
 

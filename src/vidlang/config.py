@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from vidlang.config_rules import RESUME_MAY_CHANGE, check_flat_values, flatten
 from vidlang.errors import ConfigError
 
 
@@ -96,6 +97,7 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches of batch_size per optimizer step (negatives stay within each)
     activation_checkpointing: bool = False  # recompute transformer layers in backward (less memory)
     dist_backend: str = "auto"  # under torchrun: auto (NCCL on CUDA, else gloo) | gloo | nccl
+    resume: str = "auto"  # auto: resume a run in out_dir only if its config matches (RESUME_MAY_CHANGE aside) | force
 
 
 @dataclass
@@ -215,8 +217,39 @@ def _move(out: dict, old: str, new: str, value: Any, source: str, warn: bool) ->
         warnings.warn(f"{source or 'config'}: config key '{old}' is now '{new}'", FutureWarning, stacklevel=3)
 
 
+class Override(str):
+    """The raw text of a ``key=value`` override: a str field keeps it as written (``007`` stays
+    "007"); any other field reads it as YAML first."""
+
+
+def _yaml_value(raw: str, key: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}={raw}: not a valid YAML value ({_yaml_problem(exc)})") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        tag = problem.split("tag ", 1)[-1] if "tag " in problem else "a tag"
+        problem = f"refused {tag}: tags that build Python objects are not loaded"
+    return where + problem
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert ``value`` to the annotated type ``tp``, or raise naming ``key``."""
+    if isinstance(value, Override):
+        if tp is str:  # kept as written ("007"), unless it reads as a list, a mapping or null (a mistake)
+            try:
+                parsed = yaml.safe_load(value) if value.strip() else ""
+            except yaml.YAMLError:
+                return str(value)
+            if not isinstance(parsed, (list, dict)) and parsed is not None:
+                return str(value)
+        value = _yaml_value(value, key)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -249,34 +282,38 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"config key '{key}' expects {tp.__name__}, got {value!r}") from None
 
 
-def _apply(section: Any, values: dict[str, Any], prefix: str) -> None:
+def _apply(section: Any, values: dict[str, Any], prefix: str, source: str = "") -> None:
     hints = typing.get_type_hints(type(section))
     names = {f.name for f in dataclasses.fields(section)}
     for key, value in values.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
+            where = f" in {source}" if source else ""
+            raise ConfigError(f"unknown config key '{full}'{where} (known: {', '.join(sorted(names))})")
         current = getattr(section, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{full}' is a section; give keys like {full}.<name>=...")
-            _apply(current, value, full + ".")
+            _apply(current, value, full + ".", source)
         else:
             setattr(section, key, _coerce(value, hints[key], full))
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["train.lr=3e-4", "taco.pos_tags=NOUN"]`` -> nested dict of strings (YAML-parsed values)."""
+    """``["train.lr=3e-4", "taco.pos_tags=NOUN"]`` -> nested dict of :class:`Override` strings (each is
+    read as YAML unless its key is a str field)."""
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = Override(raw)
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' was given a value by another override")
         node[parts[-1]] = value
     return nested
 
@@ -293,22 +330,84 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in PACKAGED_RECIPES.glob("*.yaml")))
             raise ConfigError(f"config file not found: {path} (packaged recipes: {known})")
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
-        _apply(cfg, migrate(values, str(path)), "")
-    _apply(cfg, migrate(parse_overrides(overrides or []), "override"), "")
+        values = read_config_file(path)
+        _apply(cfg, migrate(values, str(path)), "", str(path))
+    given = migrate(parse_overrides(overrides or []), "override")
+    _apply(cfg, given, "", "override")
+    check_values(cfg, str(path) if path is not None else "", set(flatten(given)))
     return cfg
 
 
-def config_from_dict(values: dict[str, Any]) -> Config:
+EXPECTED = "a mapping of sections such as 'train:', 'data:', 'model:' (see configs/ or the packaged recipes)"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict; an unreadable, invalid, empty or non-mapping file is a ConfigError
+    naming the file (and the line, for YAML errors)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        kind = "unsafe YAML" if isinstance(exc, yaml.constructor.ConstructorError) else "not valid YAML"
+        raise ConfigError(f"config file {path} is {kind} ({_yaml_problem(exc)})") from None
+    if values is None:
+        raise ConfigError(f"config file {path} is empty; expected {EXPECTED}")
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} holds a {type(values).__name__}; expected {EXPECTED}")
+    return values
+
+
+def config_from_dict(values: dict[str, Any], source: str = "") -> Config:
     """A config saved beside a checkpoint; one of the flat layout loads silently (RENAMED)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source or 'config'} holds a {type(values).__name__}; expected {EXPECTED}")
     cfg = Config()
-    _apply(cfg, migrate(values, warn=False), "")
+    _apply(cfg, migrate(values, warn=False), "", source)
+    check_values(cfg, source)
     return cfg
+
+
+def config_from_file(path: str | Path) -> Config:
+    """The config saved beside a checkpoint (``config.yaml``), checked like a recipe."""
+    return config_from_dict(read_config_file(path), str(path))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     from vidlang.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def check_values(cfg: Config, source: str = "", overridden: set[str] = frozenset()) -> None:
+    """Refuse values out of range (config_rules: VALUE_CHECKS, CHOICES, finite floats), naming the key
+    and where it was set (``source``, or an override when the key is in ``overridden``)."""
+    check_flat_values(flatten(cfg.to_dict()), source, overridden)
+
+
+def config_changes(old: Config, new: Config, ignore: frozenset[str] = RESUME_MAY_CHANGE) -> dict[str, tuple]:
+    """``{key: (old, new)}`` for every key that differs, but those in ``ignore``."""
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    return {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if k not in ignore and a.get(k) != b.get(k)}
+
+
+CHECKPOINT_FILES = "a folder with meta.json, model.safetensors and config.yaml, as written by `vidlang train`"
+
+
+def checkpoint_config(checkpoint: str | Path) -> Config:
+    """The config saved beside a checkpoint's weights (``config.yaml``), checked like a recipe."""
+    from vidlang.errors import CheckpointError
+
+    file = Path(checkpoint) / "config.yaml"
+    if not file.is_file():
+        raise CheckpointError(f"{checkpoint} lacks config.yaml (the config its weights were trained with); "
+                              f"expected {CHECKPOINT_FILES}")
+    try:
+        return config_from_file(file)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint config {file}: {exc}") from None

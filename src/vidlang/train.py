@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from vidlang import checkpoint as ckpt
 from vidlang import distributed
-from vidlang.config import Config
+from vidlang.config import Config, checkpoint_config, config_changes
 from vidlang.data.dataset import UniqueVideoBatchSampler, collate
+from vidlang.data.records import describe_skip
 from vidlang.errors import ConfigError
 from vidlang.io import atomic_write_text
 from vidlang.report import git_commit
@@ -202,6 +203,10 @@ def _summary_writer(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
+def describe_changes(changed: dict[str, tuple]) -> str:
+    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changed.items()))
+
+
 def _rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank  # each rank its own dropout stream; rank 0 keeps the one-process stream
 
@@ -221,6 +226,11 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     if t_cfg.threads:
         torch.set_num_threads(t_cfg.threads)
     exp = experiment or task.build(cfg)
+    skipped = [*exp.manifest.get("skipped_items_by_readers", []),
+               *(i for items in exp.manifest.get("skipped_items_by_dataset", {}).values() for i in items)]
+    if main and skipped:
+        print(f"skipped {len(skipped)} bad items (data.skip_bad; all named in summary.json and meta.json):")
+        print("".join(f"  {describe_skip(i)}\n" for i in skipped[:20]), end="")
     if multi and min(t_cfg.batch_size, len(exp.train_set.videos)) < world:
         raise ConfigError(f"train.batch_size={t_cfg.batch_size} and {len(exp.train_set.videos)} training videos "
                           f"must each be at least the number of processes ({world})")
@@ -240,9 +250,21 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     if resume_from is not None:
         ckpt.read_meta(resume_from, expect_model=task.model)
         ckpt.load_weights(model, resume_from)
+        changed = config_changes(checkpoint_config(resume_from), cfg)
+        if changed and t_cfg.resume != "force":
+            raise ConfigError(f"{out_dir} holds a run trained with another config ({describe_changes(changed)}): "
+                              "resuming would ignore the change; use a new train.out_dir, or train.resume=force "
+                              "to resume with the new values")
+        fresh = [{k: g[k] for k in ("initial_lr", "weight_decay")} for g in optimizer.param_groups]
         state = ckpt.load_state(resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if changed:  # train.resume=force: the new lr and weight decay apply from here on
+            for group, values in zip(optimizer.param_groups, fresh):
+                group.update(values)
+            scheduler.base_lrs = [v["initial_lr"] for v in fresh]
+            if main:
+                print(f"resuming with a changed config (train.resume=force): {describe_changes(changed)}")
         # the lr of the next step follows this run's schedule (train.steps may have grown since)
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base_lr * schedule(state["step"])
@@ -371,7 +393,8 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     bar.close()
     if writer is not None:
         writer.close()
-    summary = {"steps": step, "best": best, "history": history, "counts": dict(counts), **exp.summary()}
+    summary = {"steps": step, "best": best, "history": history, "counts": dict(counts), "skipped_items": skipped,
+               **exp.summary()}
     if exp.test_set is not None:  # scored once, with the checkpoint validation chose (else the last)
         summary["test"] = score_test_split(task, exp, cfg, out_dir, device, multi)
     if main:

@@ -3,8 +3,9 @@
 Every reader returns ``list[Clip]`` with stripped captions. Files are read as bytes and
 decoded here, so non-UTF-8 text gets an error naming the file (and the video id where the
 bad bytes sit inside a caption). Bad records (empty caption, bad UTF-8, start > end...)
-raise :class:`DataError` unless ``skip_bad=True``, in which case they are skipped and
-counted in ``counter`` (a ``collections.Counter``) under a reason key.
+raise :class:`DataError` naming the file, line and video id unless ``skip_bad=True``, in which case
+they are skipped and counted in ``counter`` under a reason key (a :class:`~vidlang.data.records.Skips`
+also names each skipped item).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from vidlang.data.records import Clip
+from vidlang.data.records import Clip, Skips, record_skip
 from vidlang.errors import ConfigError, DataError
 
 __all__ = [
@@ -72,12 +73,20 @@ def _is_utf8(text: str) -> bool:
         return False
 
 
-def load_json(path: Path) -> Any:
+ANNOTATION_FORMATS = ("MSR-VTT json ('videos' + 'sentences', or {video_id: {split, captions}}), "
+                      "YouCook2 json ('database'), ActivityNet Captions json ({video_id: {timestamps, sentences}}) "
+                      "or .jsonl (one {video_id, caption} object a line)")
+
+
+def load_json(path: Path, expected: str = ANNOTATION_FORMATS) -> Any:
     text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path} is empty; expected {expected}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"cannot parse JSON in {path}: {e}") from e
+        raise DataError(f"cannot parse JSON in {path} (line {e.lineno}, column {e.colno}: {e.msg}); "
+                        f"expected {expected}") from e
 
 
 class ClipMaker:
@@ -85,24 +94,27 @@ class ClipMaker:
 
     def __init__(self, path: Path, skip_bad: bool, counter: Counter | None):
         self.path, self.skip_bad = path, skip_bad
-        self.counter = counter if counter is not None else Counter()
+        self.counter = counter if counter is not None else Skips()
+        self.line: int | None = None  # line readers (JSON lines) set the line being read
 
-    def bad(self, reason: str, message: str) -> None:
-        """Raise a DataError, or count ``reason`` when skipping."""
+    def bad(self, reason: str, message: str, video_id: Any = None) -> None:
+        """Raise a DataError naming the file (and line), or count and name the item when skipping."""
+        where = f"{self.path}, line {self.line}" if self.line is not None else f"{self.path}"
         if not self.skip_bad:
-            raise DataError(f"{self.path}: {message} (pass skip_bad=True to skip and count such records)")
-        self.counter[reason] += 1
+            raise DataError(f"{where}: {message} (--skip-bad / data.skip_bad=true skips such records, naming each)")
+        record_skip(self.counter, reason, video_id=video_id if isinstance(video_id, str) else None,
+                    file=self.path, line=self.line, message=message)
 
     def caption(self, video_id: str, caption: Any) -> str | None:
         if not isinstance(caption, str):
-            self.bad("bad_caption", f"video {video_id!r}: caption is a {type(caption).__name__}, not a string")
+            self.bad("bad_caption", f"video {video_id!r}: caption is a {type(caption).__name__}, not a string", video_id)
             return None
         caption = caption.strip()
         if not caption:
-            self.bad("empty_caption", f"video {video_id!r} has an empty caption")
+            self.bad("empty_caption", f"video {video_id!r} has an empty caption", video_id)
             return None
         if not _is_utf8(caption):
-            self.bad("bad_utf8", f"video {video_id!r} has a caption that is not valid UTF-8: {caption!r}")
+            self.bad("bad_utf8", f"video {video_id!r} has a caption that is not valid UTF-8: {caption!r}", video_id)
             return None
         return caption
 
@@ -115,12 +127,17 @@ class ClipMaker:
         except (TypeError, ValueError):
             t = math.nan
         if not math.isfinite(t):
-            self.bad("bad_segment", f"video {video_id!r}: {what} time {value!r} is not a finite number")
+            self.bad("bad_segment", f"video {video_id!r}: {what} time {value!r} is not a finite number", video_id)
+            return False
+        if t < 0:
+            self.bad("bad_segment", f"video {video_id!r}: {what} time {value!r} is negative", video_id)
             return False
         return t
 
     def clip(self, video_id: Any, caption: Any, start: Any = None, end: Any = None,
-             split: str | None = None) -> Clip | None:
+             split: str | None = None, duration: Any = None) -> Clip | None:
+        """A validated Clip, or None (after raising or counting). ``duration``: the video's length in
+        seconds when the annotation gives it; a segment ending after it is bad."""
         if not isinstance(video_id, str) or not video_id.strip() or not _is_utf8(video_id):
             self.bad("bad_video_id", f"bad video id {video_id!r}")
             return None
@@ -131,7 +148,11 @@ class ClipMaker:
         if s is False or e is False:
             return None
         if s is not None and e is not None and s > e:
-            self.bad("bad_segment", f"video {video_id!r}: segment start {s} is after end {e}")
+            self.bad("bad_segment", f"video {video_id!r}: segment start {s} is after end {e}", video_id)
+            return None
+        if isinstance(duration, (int, float)) and e is not None and e > duration:
+            self.bad("bad_segment", f"video {video_id!r}: segment [{s}, {e}] ends after the video's duration "
+                                    f"{duration}", video_id)
             return None
         return Clip(video_id, text, s, e, split)
 
@@ -170,7 +191,7 @@ def _parse_msrvtt(data: Any, path: Path, split: str | None, skip_bad: bool,
             raise DataError(f"{path}: malformed MSR-VTT record, missing {e}") from e
         for vid, caption in sentences:
             if vid not in video_split:
-                make.bad("unknown_video", f"caption of video {vid!r}, which is not in 'videos'")
+                make.bad("unknown_video", f"caption of video {vid!r}, which is not in 'videos'", vid)
                 continue
             if split is None or video_split[vid] == split:
                 clips.append(make.clip(vid, caption, split=video_split[vid]))
@@ -179,7 +200,10 @@ def _parse_msrvtt(data: Any, path: Path, split: str | None, skip_bad: bool,
             if split is not None and rec.get("split") != split:
                 continue
             if not isinstance(rec["captions"], list):
-                make.bad("bad_record", f"video {vid!r}: 'captions' is not a list")
+                make.bad("bad_record", f"video {vid!r}: 'captions' is not a list", vid)
+                continue
+            if not rec["captions"]:
+                make.bad("no_captions", f"video {vid!r} has an empty 'captions' list", vid)
                 continue
             clips.extend(make.clip(vid, c, split=rec.get("split")) for c in rec["captions"])
     else:
@@ -200,7 +224,7 @@ def read_id_list(path: PathLike) -> list[str]:
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
-        raise DataError(f"id list {path} is empty")
+        raise DataError(f"id list {path} is empty; expected one video id a line (or a CSV with a video_id column)")
     if "," in lines[0]:  # CSV with a header row
         reader = csv.DictReader(io.StringIO("\n".join(lines)))
         if "video_id" not in (reader.fieldnames or []):
@@ -262,14 +286,14 @@ def parse_youcook2(data: Any, path: Path, split: str | None, skip_bad: bool,
             continue
         anns = rec.get("annotations") if isinstance(rec, dict) else None
         if not isinstance(anns, list):
-            make.bad("bad_record", f"video {vid!r} has no 'annotations' list")
+            make.bad("bad_record", f"video {vid!r} has no 'annotations' list", vid)
             continue
         for ann in anns:
             seg = ann.get("segment") if isinstance(ann, dict) else None
             if not (isinstance(seg, list) and len(seg) == 2):
-                make.bad("bad_segment", f"video {vid!r}: annotation without a [start, end] segment: {ann!r}")
+                make.bad("bad_segment", f"video {vid!r}: annotation without a [start, end] segment: {ann!r}", vid)
                 continue
-            clips.append(make.clip(vid, ann.get("sentence"), seg[0], seg[1], subset))
+            clips.append(make.clip(vid, ann.get("sentence"), seg[0], seg[1], subset, duration=rec.get("duration")))
     return [c for c in clips if c is not None]
 
 
@@ -294,11 +318,11 @@ def parse_activitynet(data: Any, path: Path, paragraph: bool, skip_bad: bool,
     for vid, rec in data.items():
         if not isinstance(rec, dict) or not isinstance(rec.get("sentences"), list) \
                 or not isinstance(rec.get("timestamps"), list):
-            make.bad("bad_record", f"video {vid!r} lacks 'sentences'/'timestamps' lists")
+            make.bad("bad_record", f"video {vid!r} lacks 'sentences'/'timestamps' lists", vid)
             continue
         sents, stamps = rec["sentences"], rec["timestamps"]
         if len(sents) != len(stamps):
-            make.bad("bad_record", f"video {vid!r} has {len(sents)} sentences but {len(stamps)} timestamps")
+            make.bad("bad_record", f"video {vid!r} has {len(sents)} sentences but {len(stamps)} timestamps", vid)
             continue
         if paragraph:
             texts = [t for t in (make.caption(vid, s) for s in sents) if t is not None]
@@ -306,7 +330,7 @@ def parse_activitynet(data: Any, path: Path, paragraph: bool, skip_bad: bool,
             continue
         for sent, seg in zip(sents, stamps):
             if not (isinstance(seg, list) and len(seg) == 2):
-                make.bad("bad_segment", f"video {vid!r}: timestamp {seg!r} is not [start, end]")
+                make.bad("bad_segment", f"video {vid!r}: timestamp {seg!r} is not [start, end]", vid)
                 continue
             clips.append(make.clip(vid, sent, seg[0], seg[1]))
     return [c for c in clips if c is not None]
@@ -318,9 +342,13 @@ def read_jsonl(path: PathLike, *, skip_bad: bool = False, counter: Counter | Non
     path = Path(path)
     make = ClipMaker(path, skip_bad, counter)
     clips: list[Clip] = []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path} is empty; expected one JSON object a line with 'video_id' and 'caption'")
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        make.line = n
         try:
             rec = json.loads(line)
             if not isinstance(rec, dict):
@@ -328,7 +356,7 @@ def read_jsonl(path: PathLike, *, skip_bad: bool = False, counter: Counter | Non
             if "video_id" not in rec or "caption" not in rec:
                 raise ValueError("needs 'video_id' and 'caption'")
         except ValueError as e:
-            make.bad("bad_line", f"line {n}: {e}")
+            make.bad("bad_line", str(e))
             continue
         split = rec.get("split")
         clip = make.clip(rec["video_id"], rec["caption"], rec.get("start"), rec.get("end"),
@@ -345,10 +373,10 @@ def read_annotations(path: PathLike, **kw: Any) -> list[Clip]:
     ``paragraph=False`` is accepted (and means nothing) for formats other than ActivityNet."""
     path = Path(path)
     name = path.name.lower()
-    if path.is_dir() or name.endswith(".zip"):
-        return read_msrvtt(path, **kw)
-    if name.endswith(".jsonl"):
-        return read_jsonl(path, **kw)
+    if path.is_dir() or name.endswith((".zip", ".jsonl")):
+        if kw.get("paragraph") is False:
+            kw = {k: v for k, v in kw.items() if k != "paragraph"}  # no paragraphs in these formats
+        return read_msrvtt(path, **kw) if not name.endswith(".jsonl") else read_jsonl(path, **kw)
     if name.endswith((".txt", ".csv")):
         raise DataError(f"{path} looks like an id list: read it with read_id_list and use filter_clips")
     data = load_json(path)
@@ -362,8 +390,9 @@ def read_annotations(path: PathLike, **kw: Any) -> list[Clip]:
         elif isinstance(first, dict) and "timestamps" in first:
             parse, defaults = parse_activitynet, {"paragraph": True}
     if parse is None:
-        raise DataError(f"cannot tell the annotation format of {path} (MSR-VTT, YouCook2, "
-                        "ActivityNet Captions json or .jsonl expected)")
+        found = (f"a JSON object whose first entry is {type(first).__name__}" if isinstance(data, dict)
+                 else f"a JSON {type(data).__name__}")
+        raise DataError(f"cannot tell the annotation format of {path}: found {found}; expected {ANNOTATION_FORMATS}")
     options = {**defaults, "skip_bad": False, "counter": None}
     if kw.get("paragraph") is False and "paragraph" not in options:
         kw = {k: v for k, v in kw.items() if k != "paragraph"}  # no paragraphs in this format: nothing to undo

@@ -8,7 +8,6 @@ contrastive negatives are never secretly positives).
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vidlang.data.features import FeatureStore
-from vidlang.data.records import Batch, Clip
+from vidlang.data.records import Batch, Clip, Skips
 from vidlang.errors import ConfigError, DataError
 
 __all__ = ["cut_segment", "sample_frames", "encode_caption", "VideoTextDataset", "pad_videos", "collate",
@@ -78,7 +77,9 @@ class VideoTextDataset(Dataset):
 
     After construction, ``clips`` holds the kept clips (``clip_index`` indexes it),
     ``videos`` the unique video ids in first-appearance order, ``clip_video[i]`` the index in
-    ``videos`` of clip i, and ``skipped`` a Counter of what ``skip_bad`` dropped (in clips).
+    ``videos`` of clip i, and ``skipped`` a :class:`Skips` of what ``skip_bad`` dropped (in clips, each named).
+    A timed clip whose segment starts at or after the end of its video's features, or ends more than one
+    feature step after it, is bad (it would silently be cut to the last frame).
     """
 
     def __init__(self, clips: list[Clip], store: FeatureStore, tokenizer: Any, *, max_frames: int = 48,
@@ -92,7 +93,7 @@ class VideoTextDataset(Dataset):
             raise DataError(f"feature store {store.path} has dim {store.dim}, but the model expects {expected_dim}")
         self.store, self.tokenizer, self.token_weighter = store, tokenizer, token_weighter
         self.max_frames, self.max_words = max_frames, max_words
-        self.skipped: Counter = Counter()
+        self.skipped: Skips = Skips()
         self.skip_reasons: dict[str, str] = {}  # video id -> why its clips were dropped
 
         timed = [c for c in clips if c.start is not None or c.end is not None]
@@ -112,7 +113,19 @@ class VideoTextDataset(Dataset):
                 except DataError as e:
                     bad.add(vid)
                     self.skip_reasons[vid] = str(e)
-            clips = self._drop(clips, lambda c: c.video_id in bad, "bad_features", "", True)
+            clips = self._drop(clips, lambda c: c.video_id in bad, "bad_features", "", True,
+                               detail=lambda c: self.skip_reasons[c.video_id])
+        timed = [c for c in clips if c.start is not None or c.end is not None]
+        if timed:
+            length = {vid: store[vid].shape[0] / store.fps for vid in dict.fromkeys(c.video_id for c in timed)}
+
+            def past_end(c: Clip) -> bool:
+                return (c.start or 0.0) >= length[c.video_id] or (c.end or 0.0) > length[c.video_id] + 1 / store.fps
+
+            clips = self._drop(clips, past_end, "segment_past_end",
+                               f"clips have segments past the end of their features in {store.path}", skip_bad,
+                               detail=lambda c: f"segment [{c.start}, {c.end}] s of a video whose features last "
+                                                f"{length[c.video_id]:g} s")
         if not clips:
             raise DataError(f"no clips left for feature store {store.path} (skipped: {dict(self.skipped)})")
         self.clips = clips
@@ -121,19 +134,22 @@ class VideoTextDataset(Dataset):
         self.clip_video: list[int] = [where[c.video_id] for c in clips]
 
     def _drop(self, clips: list[Clip], is_bad: Callable[[Clip], bool], reason: str, what: str,
-              skip_bad: bool) -> list[Clip]:
-        """Remove bad clips (counting them) or raise a DataError naming the first few ids."""
-        bad = [c for c in clips if is_bad(c)]
+              skip_bad: bool, detail: Callable[[Clip], str] | None = None) -> list[Clip]:
+        """Remove bad clips (counting and naming each) or raise a DataError naming the first few ids."""
+        flags = [is_bad(c) for c in clips]
+        bad = [c for c, f in zip(clips, flags) if f]
         if not bad:
             return clips
         if not skip_bad:
             ids = list(dict.fromkeys(c.video_id for c in bad))
-            raise DataError(f"{len(bad)} {what} ({len(ids)} video ids, e.g. {ids[:5]}); "
-                            "pass skip_bad=True to skip them")
-        self.skipped[reason] += len(bad)
+            first = f"; video {bad[0].video_id!r}: {detail(bad[0])}" if detail else ""
+            raise DataError(f"{len(bad)} {what} ({len(ids)} video ids, e.g. {ids[:5]}{first}); "
+                            "--skip-bad / data.skip_bad=true skips them, naming each")
         for c in bad:
+            self.skipped.add(reason, video_id=c.video_id, message=detail(c) if detail else
+                             f"caption {c.caption!r}" if reason == "empty_caption" else "")
             self.skip_reasons.setdefault(c.video_id, reason)
-        return [c for c in clips if not is_bad(c)]
+        return [c for c, f in zip(clips, flags) if not f]
 
     def __len__(self) -> int:
         return len(self.clips)

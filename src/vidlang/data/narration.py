@@ -55,6 +55,8 @@ __all__ = ["Utterance", "read_howto100m", "read_transcript_jsonl", "read_transcr
 
 PathLike = str | os.PathLike
 TRANSCRIPT_FORMATS = ("howto100m", "youcook2", "activitynet", "jsonl")
+TRANSCRIPT_EXPECTED = ("HowTo100M {video_id: {start, end, text}} json, YouCook2 or ActivityNet Captions json, "
+                       "or .jsonl (one {video_id, text, start, end} object a line)")
 
 
 class Utterance(NamedTuple):
@@ -73,7 +75,7 @@ def _add(streams: Streams, make: ClipMaker, vid: Any, text: Any, start: Any, end
         make.counter["empty_utterance"] += 1
         return
     if start is None or end is None:
-        make.bad("bad_segment", f"video {vid!r}: utterance without start/end time")
+        make.bad("bad_segment", f"video {vid!r}: utterance without start/end time", vid)
         return
     clip = make.clip(vid, text, start, end)
     if clip is not None:
@@ -98,7 +100,7 @@ def read_howto100m(path: PathLike, *, skip_bad: bool = False, counter: Counter |
         except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
             raise DataError(f"cannot unpickle transcript file {path}: {e}") from e
     else:
-        data = load_json(path)
+        data = load_json(path, TRANSCRIPT_EXPECTED)
     return _parse_howto100m(data, path, skip_bad, counter)
 
 
@@ -111,7 +113,7 @@ def _parse_howto100m(data: Any, path: Path, skip_bad: bool, counter: Counter | N
         cols = [rec.get(k) if isinstance(rec, dict) else None for k in ("start", "end", "text")]
         cols = [c.tolist() if isinstance(c, np.ndarray) else c for c in cols]
         if not all(isinstance(c, list) for c in cols) or len({len(c) for c in cols}) != 1:
-            make.bad("bad_record", f"video {vid!r} needs 'start', 'end' and 'text' lists of one length")
+            make.bad("bad_record", f"video {vid!r} needs 'start', 'end' and 'text' lists of one length", vid)
             continue
         for s, e, t in zip(*cols):
             _add(streams, make, vid, t, s, e)
@@ -123,16 +125,20 @@ def read_transcript_jsonl(path: PathLike, *, skip_bad: bool = False, counter: Co
     path = Path(path)
     make = ClipMaker(path, skip_bad, counter)
     streams: Streams = {}
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path} is empty; expected one JSON object a line with 'video_id', 'text', 'start', 'end'")
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        make.line = n
         try:
             rec = json.loads(line)
         except ValueError as e:
-            make.bad("bad_line", f"line {n}: {e}")
+            make.bad("bad_line", str(e))
             continue
         if not isinstance(rec, dict) or "video_id" not in rec or not ({"text", "caption"} & set(rec)):
-            make.bad("bad_line", f"line {n}: needs an object with 'video_id' and 'text' (or 'caption')")
+            make.bad("bad_line", "needs an object with 'video_id' and 'text' (or 'caption')")
             continue
         _add(streams, make, rec["video_id"], rec.get("text", rec.get("caption")), rec.get("start"), rec.get("end"))
     return _sorted(streams)
@@ -165,7 +171,7 @@ def read_transcripts(path: PathLike, fmt: str | None = None, *, skip_bad: bool =
         return read_transcript_jsonl(path, skip_bad=skip_bad, counter=counter)
     if fmt == "howto100m" or (fmt is None and name.endswith((".pkl", ".pickle"))):
         return read_howto100m(path, skip_bad=skip_bad, counter=counter, allow_pickle=allow_pickle)
-    data = load_json(path)  # parsed once, then handed to the format's parser
+    data = load_json(path, TRANSCRIPT_EXPECTED)  # parsed once, then handed to the format's parser
     first = next(iter(data.values()), None) if isinstance(data, dict) else None
     if fmt == "youcook2" or (fmt is None and isinstance(data, dict) and "database" in data):
         clips = parse_youcook2(data, path, None, skip_bad, counter)

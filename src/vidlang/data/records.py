@@ -1,9 +1,47 @@
 """The one record type of vidlang's data layer, and the collated batch."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+
+class Skips(Counter):
+    """What ``skip_bad`` left out: a Counter of reasons, and each skipped item named in ``items``
+    (reason, video id, file, line, message) in ``named``, for the terminal and the result JSON."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.named: list[dict[str, Any]] = []
+
+    def add(self, reason: str, *, video_id: Any = None, file: Any = None, line: int | None = None,
+            message: str = "", count: int = 1) -> None:
+        self[reason] += count
+        item = {"reason": reason, "id": video_id, "file": str(file) if file is not None else None, "line": line,
+                "message": message}
+        self.named.append({k: v for k, v in item.items() if v not in (None, "")})
+
+
+def named_skips(counter: Counter) -> list[dict[str, Any]]:
+    """The named items of a :class:`Skips` (none for a plain Counter)."""
+    return list(counter.named) if isinstance(counter, Skips) else []
+
+
+def record_skip(counter: Counter, reason: str, **item: Any) -> None:
+    """Count ``reason`` in ``counter``, naming the item when it is a :class:`Skips`."""
+    if isinstance(counter, Skips):
+        counter.add(reason, **item)
+    else:
+        counter[reason] += item.get("count", 1)
+
+
+def describe_skip(item: dict[str, Any]) -> str:
+    """One line for the terminal: ``reason: id 'v3' (file, line 7): message``."""
+    where = ", ".join(x for x in (item.get("file"), f"line {item['line']}" if "line" in item else None) if x)
+    what = f"id {item['id']!r}" if "id" in item else "item"
+    return f"{item['reason']}: {what}{f' ({where})' if where else ''}{': ' + item['message'] if item.get('message') else ''}"
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ A split is given as one of:
 - a split name of the annotations (``train``, ``validate``, ``test``, ``training``, ``validation``);
 - ``index:A:B``: the store's videos at positions A..B-1 (e.g. ``index:0:700`` = video0..video699
   of msrvtt-ae128-dev);
-- ``all``: every annotated video that the store holds.
+- ``all``: every annotated video (one the store lacks is an error, or a named skip with skip_bad).
 
 An id list or split name of which fewer than ``MIN_SPLIT_MATCH`` (50%) of the videos are both
 annotated and in the feature store is a ConfigError naming the split and the counts: it was written
@@ -33,11 +33,16 @@ from pathlib import Path
 import numpy as np
 
 from vidlang.config import DataConfig
-from vidlang.data.annotations import (MIN_SPLIT_MATCH, filter_clips, read_annotation_files, read_id_list,
-                                      read_id_sentences)
+from vidlang.data.annotations import (
+    MIN_SPLIT_MATCH,
+    filter_clips,
+    read_annotation_files,
+    read_id_list,
+    read_id_sentences,
+)
 from vidlang.data.features import FeatureStore, open_store
 from vidlang.data.narration import Streams, attach_transcripts, read_transcripts
-from vidlang.data.records import Clip
+from vidlang.data.records import Clip, Skips, named_skips
 from vidlang.errors import ConfigError, DataError
 
 PROTOCOLS = {
@@ -58,8 +63,8 @@ def ids_sha256(video_ids: Iterable[str]) -> str:
 @dataclass
 class Source:
     store: FeatureStore
-    clips: list[Clip]  # every annotated clip
-    counter: Counter = field(default_factory=Counter)  # what the readers skipped
+    clips: list[Clip]  # every annotated clip (with its transcript when transcripts were given)
+    counter: Counter = field(default_factory=Skips)  # what the readers skipped (Skips: each item named)
     protocol: str = "all-captions"  # see PROTOCOLS
     split_counts: dict = field(default_factory=dict)  # spec -> {listed, annotated, matched} video counts
     streams: Streams | None = None  # timed utterances per video, when transcripts were given
@@ -73,7 +78,8 @@ class Source:
 
     def manifest(self, **splits: list[Clip]) -> dict:
         out = {"store": self.store.manifest(), "skipped_by_readers": dict(self.counter), "protocol": self.protocol,
-               "split_counts": dict(self.split_counts)}
+               "split_counts": dict(self.split_counts),
+               "skipped_items_by_readers": named_skips(self.counter)}
         for name, clips in splits.items():
             ids = {c.video_id for c in clips}
             out[name] = {"clips": len(clips), "videos": len(ids), "ids_sha256": ids_sha256(ids)}
@@ -94,7 +100,7 @@ def open_data(root: str | Path | None = None, *, features: str | Path | None = N
         raise ConfigError("set data.root (a folder like msrvtt-ae128-dev) or data.features (the feature store)")
     annotations = str(annotations) if annotations else (str(root / "annotations.json") if root else "")
     files = [p.strip() for p in annotations.split(",") if p.strip()]
-    counter: Counter = Counter()
+    counter = Skips()
     clips: list[Clip] = []
     if need_annotations or (files and all(Path(p).exists() for p in files)):
         if not files:
@@ -181,12 +187,8 @@ def _check_match(listed: set[str], clips: list[Clip], store: FeatureStore, spec:
 def select_split(clips: list[Clip], store: FeatureStore, spec: str, counts: dict | None = None) -> list[Clip]:
     """The clips of split ``spec`` (see the module docstring); ``counts`` receives its match counts."""
     spec = spec.strip()
-    if spec in ("", "all"):
-        chosen = [c for c in clips if c.video_id in store]
-        if clips and not chosen:
-            raise ConfigError(f"split {spec or 'all'}: none of the {len({c.video_id for c in clips})} annotated "
-                              f"videos is in the feature store {store.path}")
-        return chosen
+    if spec in ("", "all"):  # a video the store lacks is named by the dataset (or skipped, named)
+        return list(clips)
     if spec.startswith("index:"):
         try:
             _, a, b = spec.split(":")

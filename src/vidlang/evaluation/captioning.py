@@ -13,9 +13,9 @@ import torch
 from vidlang.config import Config
 from vidlang.data.features import FeatureStore
 from vidlang.data.narration import CaptionDataset, collate_captions
-from vidlang.data.records import Clip
+from vidlang.data.records import Clip, named_skips
 from vidlang.data.sources import open_data
-from vidlang.errors import DataError
+from vidlang.errors import CheckpointError, DataError
 from vidlang.evaluation.caption_metrics import CaptionScorer
 from vidlang.evaluation.protocol import held_out
 from vidlang.models.mvgpt import MVGPT, parse_objective
@@ -137,6 +137,12 @@ def caption_folder(loaded, data: str | Path, *, split: str | None = None, annota
     with CaptionScorer(meteor=meteor) as scorer:  # preflight (Java) before the slow decoding
         preds = generate_captions(loaded.model, dataset, loaded.tokenizer, batch_size, device=getattr(loaded, "device", "cpu"),
                                   method=method, **settings)
+        empty = [k for k, v in preds.items() if not v.strip()]
+        if empty and len(empty) == len(preds):
+            raise CheckpointError(f"{loaded.checkpoint} gave an empty caption for every one of the {len(preds)} "
+                                  f"videos (e.g. {empty[:3]}): the model is untrained or damaged; nothing was scored")
         refs = dataset_references(dataset)
         metrics = score_captions(preds, refs, scorer)
+    scored |= {"empty_captions": empty, "skipped_by_readers": dict(source.counter),
+               "skipped_items": [*named_skips(source.counter), *named_skips(dataset.skipped)]}
     return metrics, preds, refs, dataset, scored

@@ -13,6 +13,7 @@ import torch
 from vidlang import distributed as dist
 from vidlang.config import EvalConfig
 from vidlang.data.dataset import VideoTextDataset, collate
+from vidlang.data.records import named_skips
 from vidlang.data.sources import open_data
 from vidlang.evaluation.metrics import retrieval_metrics
 from vidlang.evaluation.protocol import held_out
@@ -113,5 +114,5 @@ def evaluate_folder(loaded, data: str | Path, *, split: str | None = None, featu
     cfg.scoring = scoring or cfg.scoring
     sim, text_to_video = similarity(loaded.model, dataset, cfg, device=loaded.device)
     info |= {"scoring": cfg.scoring, "protocol": stamp, "skipped": dict(dataset.skipped),
-             "skipped_by_readers": dict(source.counter)}
+             "skipped_by_readers": dict(source.counter), "skipped_items": [*named_skips(source.counter), *named_skips(dataset.skipped)]}
     return retrieval_metrics(sim, text_to_video), info

@@ -71,7 +71,8 @@ class TextEncoder(nn.Module):
 
     ``trainable_layers``: -1 fine-tunes everything (the paper); 0 freezes the encoder,
     whose outputs are then cached per token sequence (exact: frozen means eval mode);
-    N > 0 fine-tunes only the top N layers. The pooled output is the ``[CLS]`` token (TACo's ȳ).
+    N > 0 fine-tunes only the top N layers. Cached outputs are computed one caption at a time, unpadded,
+    so they do not depend on batching (a resumed run refills the cache bit for bit). The pooled output is the ``[CLS]`` token (TACo's ȳ).
     """
 
     def __init__(self, name_or_path: str, width: int | None, trainable_layers: int = -1, config_only: bool = False,
@@ -126,12 +127,15 @@ class TextEncoder(nn.Module):
         lengths = attention_mask.sum(1).tolist()
         keys = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths)]
         found = {k: v for k in keys if (v := self._cache.get(k)) is not None}  # held here: the LRU may evict
-        missing = [i for i, k in enumerate(keys) if k not in found]
-        if missing:  # full precision even under autocast: the cache is shared by every later run
-            with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
-                out = self.bert(input_ids=input_ids[missing], attention_mask=attention_mask[missing]).last_hidden_state
-            for row, i in enumerate(missing):
-                found[keys[i]] = self._cache[keys[i]] = out[row, : lengths[i]].detach()
+        missing = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in found}.values())
+        # Each caption alone and unpadded: its output then depends on its tokens only, not on the batch that
+        # first met it (a padded batch changes the last bits), so a resumed process refills the cache bit for
+        # bit. Full precision even under autocast: the cache is shared by every later run.
+        with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
+            for i in missing:
+                ids = input_ids[i : i + 1, : lengths[i]]
+                out = self.bert(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+                found[keys[i]] = self._cache[keys[i]] = out[0].detach()
         hidden = input_ids.new_zeros((*input_ids.shape, self.bert.config.hidden_size), dtype=torch.float32)
         for i, key in enumerate(keys):
             hidden[i, : lengths[i]] = found[key]

@@ -4,20 +4,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
 
 from vidlang import checkpoint as ckpt
-from vidlang.config import Config, config_from_dict
+from vidlang.config import Config, checkpoint_config
 from vidlang.errors import CheckpointError
 
 KINDS = ("taco", "mvgpt", "probe")
 
 
 def read_config(folder: Path) -> Config:
-    try:
-        return config_from_dict(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")))
-    except OSError as e:
-        raise CheckpointError(f"cannot read {folder / 'config.yaml'}: {e}") from None
+    """The config saved beside a checkpoint's weights, checked like a recipe (a CheckpointError names the file)."""
+    return checkpoint_config(folder)
 
 
 def build_model(kind: str, cfg: Config, meta: dict) -> torch.nn.Module:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vidlang.config import Config
+from vidlang.data.records import named_skips
 
 
 @dataclass
@@ -64,4 +65,6 @@ def experiment_manifest(source, splits, train_set, val_set=None, test_set=None) 
         manifest[name]["split"] = splits.described[name]
     manifest["protocol"] = splits.described["protocol"]  # how validation and test are scored (sources.PROTOCOLS)
     manifest["skipped_by_dataset"] = {name: dict(ds.skipped) if ds is not None else {} for name, ds in sets.items()}
+    manifest["skipped_items_by_dataset"] = {name: named_skips(ds.skipped) if ds is not None else []
+                                            for name, ds in sets.items()}
     return manifest
