@@ -36,13 +36,13 @@ def read_store_record(store: str | os.PathLike) -> dict | None:
     """The extractor record of a store folder written by ``vidlang extract`` (its meta.json, else the first
     ``<id>.meta.json``); of an index folder (index.json ``extractor``); None when there is none."""
     folder = Path(store)
-    for file, keys in ((folder / "index.json", ("extractor",)), (folder / "meta.json", ("extractor",))):
+    for file in (folder / "index.json", folder / "meta.json"):
         if file.is_file():
             try:
                 meta = json.loads(file.read_bytes().decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
                 raise DataError(f"cannot parse {file}: {e}") from e
-            rec = meta.get(keys[0]) if isinstance(meta, dict) else None
+            rec = meta.get("extractor") if isinstance(meta, dict) else None
             if isinstance(rec, dict):
                 return rec
     for side in sorted(folder.glob("*.meta.json")) if folder.is_dir() else ():
