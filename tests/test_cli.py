@@ -136,7 +136,8 @@ def test_search_returns_top_k_sorted(loaded, data_dir):
 
 
 def test_search_exact_equals_brute_force(loaded, data_dir):
-    from vidlang.api import encode_text, encode_video, search
+    from vidlang.api import search
+    from vidlang.inference import encode_text, encode_video
     from vidlang.data.features import open_store
     from vidlang.evaluation.scoring import score_matrix
 

@@ -34,7 +34,7 @@ def index32(loaded, data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def brute(loaded, data_dir):
     """Exact scores by scoring.py on freshly encoded videos: s1, s2, s1+0.5 s2, s1+0.5 s2+s3, per video."""
-    from vidlang.api import encode_text, encode_video
+    from vidlang.inference import encode_text, encode_video
     from vidlang.data.features import open_store
     from vidlang.evaluation.scoring import score_matrix, sentence_and_token_scores
 
@@ -125,7 +125,7 @@ def test_index_contents_and_metadata(index32, loaded, data_dir):
 
 
 def test_clip_segments_and_extractor_meta(loaded, tmp_path):
-    from vidlang.api import encode_video
+    from vidlang.inference import encode_video
     from vidlang.data.features import open_store
     from vidlang.retrieval.index import build_index, read_clips
     from vidlang.retrieval.query import search
@@ -225,7 +225,7 @@ def test_alignment_on_a_planted_frame(loaded):
     """A clip whose frame 3 is the query word's own token embedding (and one whose frames 2 and 4 are
     close to it): the word peaks there, its span is exactly those frames within the margin, and the
     seconds come from the source feature indices."""
-    from vidlang.api import encode_text
+    from vidlang.inference import encode_text
     from vidlang.retrieval.index import ClipIndex
     from vidlang.retrieval.query import query_words, search
 

@@ -1,12 +1,13 @@
 """vidlang: video-language learning (TACo retrieval, MV-GPT captioning).
 
-The public API is small: ``load_model``, ``encode_video``, ``encode_text``, ``search``, ``caption``
-(see vidlang.api). They load on first use, so ``import vidlang.config`` does not import torch.
+The public API is small: ``load_model``, ``encode_video``, ``encode_text``, ``score``, ``search``,
+``caption``, ``transcribe``, ``preprocess_for``, ``list_models`` (see vidlang.api). They load on first use, so ``import vidlang.config`` does not import torch.
 No submodule carries a public function's name, so ``vidlang.search`` stays the function.
 """
 from vidlang.version import __version__
 
-__all__ = ["__version__", "load_model", "encode_video", "encode_text", "search", "caption", "save_pretrained"]
+__all__ = ["__version__", "load_model", "encode_video", "encode_text", "score", "search", "caption", "transcribe",
+           "preprocess_for", "list_models", "save_pretrained"]
 
 
 def __getattr__(name: str):

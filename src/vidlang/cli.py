@@ -167,7 +167,7 @@ def cmd_demo(args) -> None:
     from vidlang.demo import run_demo
 
     run_demo(out_dir=Path(args.out), steps=args.steps, num_videos=args.videos, progress=not args.quiet,
-             captioner=not args.no_captioner, caption_steps=args.caption_steps, scenes=args.scenes)
+             captioner=not args.no_captioner, caption_steps=args.caption_steps, scenes=args.scenes, device=args.device)
 
 
 def cmd_index(args) -> None:
@@ -175,7 +175,7 @@ def cmd_index(args) -> None:
     from vidlang.inference import load_model
     from vidlang.retrieval.index import FaissSettings, build_index, read_clips
 
-    loaded = load_model(args.checkpoint, args.which, kind="taco")
+    loaded = load_model(args.checkpoint, args.which, kind="taco", device=args.device)
     store = open_store(args.features, fps=args.fps, allow_pickle=args.allow_pickle)
     settings = FaissSettings(args.faiss, args.exact_threshold, args.nlist, args.nprobe, args.hnsw_m, args.ef_search)
     index = build_index(loaded, store, args.out, clips=read_clips(args.clips) if args.clips else None,
@@ -192,7 +192,7 @@ def cmd_search(args) -> None:
     from vidlang.retrieval.index import load_index
     from vidlang.retrieval.query import format_hits, search
 
-    index = load_index(args.index, args.checkpoint)
+    index = load_index(args.index, args.checkpoint, device=args.device)
     hits = search(index, args.query, args.k, rerank=not args.no_rerank, rerank_topk=args.rerank_topk,
                   candidates=args.candidates, nprobe=args.nprobe, ef_search=args.ef_search, margin=args.margin)
     if args.json:
@@ -212,7 +212,7 @@ def cmd_plot(args) -> None:
 
         if not args.query:
             raise ConfigError("plot --index needs --query")
-        hits = search(load_index(args.index), args.query, args.top)
+        hits = search(load_index(args.index, device=args.device), args.query, args.top)
         print(f"written {plot_alignment(hits, args.query, args.out, args.top)}")
     elif args.run_dir:
         for path in plot_training(args.run_dir, args.out):
@@ -380,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-steps", type=int, default=None, help="captioner training steps (default: its recipe's)")
     p.add_argument("--scenes", type=int, default=160, help="narrated scenes (4 steps each) for the captioner")
     p.add_argument("--no-captioner", action="store_true", help="retrieval only: skip the MV-GPT captioner")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no third-party loading chatter")
+    p.add_argument("--device", default="cpu", help="torch device for training and the models, e.g. cuda")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("index", help="encode every clip of a feature store once, for search")
@@ -403,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing index")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--allow-pickle", action="store_true", help="allow a pickle feature store (runs code!)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="rank the clips of an index for a text query, word by word")
@@ -417,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=0.2, help="word span: frames within margin x range of the best")
     p.add_argument("--checkpoint", help="the checkpoint to search with (default: the one the index records)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("plot", help="training curves of a run, or a query's word x time heatmap (PNG)")
@@ -425,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", help="an index folder: plot the alignment of --query over its top clips")
     p.add_argument("--query")
     p.add_argument("--top", type=int, default=3, help="clips in the heatmap")
+    p.add_argument("--device", default="cpu", help="with --index: torch device of the model, e.g. cuda")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("shard", help="write a feature store (+ captions, ASR) as memory-mapped shards for streaming")

@@ -2,11 +2,15 @@
 
 No data and no network: the clips are rendered shapes (colours, sizes, motions) captioned from a
 grammar, turned into features by a fixed hand-made descriptor, then used like any feature store.
+Each clip is also written as a small mp4 (``world/media``), so ``vidlang serve --media-root`` plays it.
 """
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from contextlib import contextmanager, redirect_stderr
 from importlib import resources
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from vidlang.config import load_config
 from vidlang.evaluation.metrics import retrieval_metrics
 from vidlang.evaluation.retrieval import similarity
 from vidlang.report import format_table, write_result_json
+from vidlang.worlds.media import MEDIA_DIR
 from vidlang.worlds.synthetic import WorldConfig, attribute_query_examples, write_world
 
 
@@ -41,30 +46,39 @@ def _miss_all(n: int, good: int, k: int) -> float:
 
 def run_demo(out_dir: Path = Path("runs/demo"), steps: int | None = None, num_videos: int | None = None,
              progress: bool = True, captioner: bool = True, caption_steps: int | None = None,
-             scenes: int = 160) -> dict:
+             scenes: int = 160, device: str | None = None) -> dict:
+    """The whole demo. ``steps`` limits both models (``caption_steps`` sets the captioner's alone);
+    ``progress=False`` silences every bar and third-party loading message; ``device``: train and run there."""
+    with quiet(not progress):
+        return _run_demo(Path(out_dir), steps, num_videos, progress, captioner,
+                         caption_steps if caption_steps is not None else steps, scenes, device)
+
+
+def _run_demo(out_dir: Path, steps, num_videos, progress, captioner, caption_steps, scenes, device) -> dict:
     from vidlang.inference import load_model
     from vidlang.retrieval.query import search_store as search
-    from vidlang.train import train
+    from vidlang.train import pick_device, train
 
     tic = time.perf_counter()
     world_cfg = WorldConfig(seed=0, **({"num_videos": num_videos} if num_videos else {}))
     total = 6 if captioner else 4
     print(f"1/{total} generating {world_cfg.num_videos} procedural clips ({world_cfg.frames} frames of "
-          f"{world_cfg.size}x{world_cfg.size}) with captions ...")
-    world = write_world(Path(out_dir) / "world", world_cfg)
+          f"{world_cfg.size}x{world_cfg.size}) with captions, features and mp4 files ...")
+    world = write_world(out_dir / "world", world_cfg, videos=True)
     annotations = json.loads((world / "annotations.json").read_text())
     example = next(iter(annotations.values()))
     print(f"    e.g. {example['captions'][0]!r} / {example['captions'][1]!r}")
 
-    overrides = [f"data.root={world}", f"train.out_dir={Path(out_dir) / 'taco'}"]
+    overrides = [f"data.root={world}", f"train.out_dir={out_dir / 'taco'}", *([f"train.device={device}"] if device else [])]
     if steps:
         overrides += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.warmup_steps={max(1, steps // 10)}"]
     cfg = load_config(demo_recipe(), overrides)
-    print(f"2/{total} training TACo (L1 + 0.5 L2 + L3, cascade negatives) for {cfg.train.steps} steps on the CPU ...")
+    run_on = pick_device(cfg.train.device)
+    print(f"2/{total} training TACo (L1 + 0.5 L2 + L3, cascade negatives) for {cfg.train.steps} steps on {run_on} ...")
     train(cfg, progress=progress)
 
     print(f"3/{total} evaluating on the held-out clips (text->video and video->text) ...")
-    loaded = load_model(cfg.train.out_dir)
+    loaded = load_model(cfg.train.out_dir, device=run_on)
     from vidlang.data.sources import open_source
 
     source = open_source(cfg.data)
@@ -86,29 +100,70 @@ def run_demo(out_dir: Path = Path("runs/demo"), steps: int | None = None, num_vi
         print(f"  {query!r}")
         for vid, score in hits:
             print(f"      {score:7.2f}  {vid}  {annotations[vid]['captions'][0]!r}")
+    media = world / MEDIA_DIR
+    print(f"    the clips are playable videos in {media}; to search and watch them in a browser:\n"
+          f"      vidlang index {out_dir / 'taco'} --features {world} --out {out_dir / 'index'}\n"
+          f"      vidlang serve {out_dir / 'index'} --media-root {media}")
     if captioner:
-        metrics["captioning"] = run_caption_demo(Path(out_dir), caption_steps, progress, scenes)
+        metrics["captioning"] = run_caption_demo(out_dir, caption_steps, progress, scenes, device)
     print(f"done in {time.perf_counter() - tic:.0f} s; run folder {out_dir}")
     return metrics
 
 
-def run_caption_demo(out_dir: Path, steps: int | None, progress: bool, scenes: int = 160) -> dict:
+@contextmanager
+def quiet(enabled: bool = True):
+    """Silence progress bars and chatter of the libraries below (tqdm, transformers' weight-loading bars, the
+    Java PTBTokenizer): stderr goes to a temporary file, replayed only if the block raises."""
+    if not enabled:
+        yield
+        return
+    import tempfile
+
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log, open(os.dup(log.fileno()), "w", encoding="utf-8") as text:
+        os.dup2(log.fileno(), 2)
+        try:
+            with redirect_stderr(text):
+                yield
+        except BaseException:
+            text.flush()
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            log.seek(0)
+            sys.stderr.write(log.read()[-20000:].decode("utf-8", "replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if bars:
+                hf_logging.enable_progress_bar()
+
+
+def run_caption_demo(out_dir: Path, steps: int | None, progress: bool, scenes: int = 160,
+                     device: str | None = None) -> dict:
     """Steps 5-6: the narrated world, an MV-GPT captioner trained on it, captions beside references."""
     from vidlang.evaluation.captioning import caption_folder, decoding_name
     from vidlang.inference import load_model
-    from vidlang.train import train
+    from vidlang.train import pick_device, train
     from vidlang.worlds.narrated import NarratedConfig, write_narrated_world
 
     world = write_narrated_world(out_dir / "narrated", NarratedConfig(num_scenes=scenes, seed=0))
     overrides = [f"data.features={world.features}", f"data.annotations={world.captions}",
-                 f"data.transcripts={world.transcripts}", f"train.out_dir={out_dir / 'mvgpt'}"]
+                 f"data.transcripts={world.transcripts}", f"train.out_dir={out_dir / 'mvgpt'}",
+                 *([f"train.device={device}"] if device else [])]
     if steps:
         overrides += [f"train.steps={steps}", f"train.save_every={steps}", f"train.warmup_steps={max(1, steps // 10)}"]
     cfg = load_config(demo_recipe("mvgpt-demo.yaml"), overrides)
     print(f"5/6 training an MV-GPT captioner (frames + the step's narration -> caption) for {cfg.train.steps} steps "
           f"on {len(world.train_ids)} narrated scenes ...")
     train(cfg, progress=progress)
-    loaded = load_model(cfg.train.out_dir)
+    loaded = load_model(cfg.train.out_dir, device=pick_device(cfg.train.device))
     metrics, preds, refs, dataset, _ = caption_folder(
         loaded, world.root, annotations=str(world.captions), features=str(world.features),
         transcripts=str(world.transcripts), split=str(world.root / "val_ids.txt"), meteor=False)

@@ -28,6 +28,8 @@ from vidlang.data.features import FeatureStore, validate_features
 from vidlang.data.records import Clip
 from vidlang.errors import CheckpointError, DataError
 from vidlang.evaluation.scoring import EncodedSet, encode_texts, encode_videos
+from vidlang.extract.extractor import read_store_record
+from vidlang.extract.preprocess import Preprocess
 from vidlang.models.loading import model_from_checkpoint, read_config
 from vidlang.models.mvgpt import MVGPT
 from vidlang.models.taco import TACo
@@ -38,8 +40,26 @@ from vidlang.text.pretrained import load_tokenizer
 TEXT_ENCODER_DIR = "text_encoder"  # inside a model folder written by save_pretrained
 
 
+class _Unpacks:
+    """``model, preprocess = load_model(...)``: a loaded model is also the pair (itself, its preprocess)."""
+
+    def __iter__(self):
+        return iter((self, self.preprocess))
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """Arrays -> checked and sampled; video paths -> the training store's extractor (see preprocess_for)."""
+        if self.__dict__.get("_preprocess") is None:
+            self.__dict__["_preprocess"] = training_preprocess(self)
+        return self.__dict__["_preprocess"]
+
+    @preprocess.setter
+    def preprocess(self, value: Preprocess) -> None:
+        self.__dict__["_preprocess"] = value
+
+
 @dataclass
-class LoadedModel:
+class LoadedModel(_Unpacks):
     model: TACo
     cfg: Config
     tokenizer: object
@@ -56,7 +76,7 @@ class LoadedModel:
 
 
 @dataclass
-class LoadedCaptioner:
+class LoadedCaptioner(_Unpacks):
     model: MVGPT
     cfg: Config
     tokenizer: object
@@ -83,6 +103,24 @@ def load_model(path: str | Path, which: str = "best", kind: str | None = None,
         return LoadedCaptioner(model, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta, device)
     weighter = TokenWeighter.from_state_dict(meta["token_weighter"])
     return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta, device)
+
+
+def training_preprocess(loaded: LoadedModel | LoadedCaptioner) -> Preprocess:
+    """The preprocess of the checkpoint's training features: the extractor its store recorded, if any."""
+    store = (loaded.meta.get("data_manifest") or {}).get("store") or {}
+    record = (store.get("meta") or {}).get("extractor") if isinstance(store.get("meta"), dict) else None
+    path = store.get("path")
+    if not isinstance(record, dict) and path and Path(path).is_dir():
+        try:
+            record = read_store_record(path)
+        except DataError:
+            record = None
+    missing = (f"the training features of {loaded.checkpoint} record no extractor (store {path or 'unknown'} was "
+               "not written by `vidlang extract`): build one from a store or index whose extractor you trust, "
+               "preprocess = vidlang.preprocess_for(store_or_index, model), and pass arrays otherwise")
+    return Preprocess(loaded.model.video_dim, loaded.cfg.data.max_frames, record if isinstance(record, dict) else None,
+                      store=path if path and Path(path).is_dir() else None, device=str(loaded.device), missing=missing,
+                      name=str(loaded.checkpoint))
 
 
 def _local_or_hub(path: str | Path) -> Path:

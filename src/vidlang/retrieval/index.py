@@ -341,10 +341,10 @@ def save_index(index: ClipIndex, out: str | Path, overwrite: bool = False) -> Pa
 
 
 def load_index(path: str | Path, model: LoadedModel | str | Path | None = None, *, which: str = "best",
-               mmap: bool = True) -> ClipIndex:
+               mmap: bool = True, device: str = "cpu") -> ClipIndex:
     """Open an index folder. ``model``: the loaded model or a checkpoint/run folder to search with;
     it must hold the very weights the index was built with (CheckpointError otherwise). ``None``
-    loads the checkpoint recorded in the index."""
+    loads the checkpoint recorded in the index (on ``device``)."""
     path = Path(path)
     try:
         meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
@@ -358,7 +358,7 @@ def load_index(path: str | Path, model: LoadedModel | str | Path | None = None, 
         if not recorded or not Path(recorded).exists():
             raise CheckpointError(f"index {path} was built with checkpoint {recorded}, which is gone: give the checkpoint")
         model = recorded
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, which, kind="taco")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, which, kind="taco", device=device)
     _check_checkpoint(meta, loaded, path)
     arrays = {}
     for k in _ARRAYS:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vidlang.errors import ConfigError, DataError
+from vidlang.worlds.media import MEDIA_DIR, videos_complete, write_clip_videos
 
 __all__ = ["WorldConfig", "SyntheticClip", "generate_world", "sample_attributes", "render_clip",
            "describe", "clip_features", "write_world", "attribute_query_examples",
@@ -353,21 +354,22 @@ def _complete(out_dir: Path) -> bool:
     return all((out_dir / n).is_file() for n in names)
 
 
-def write_world(out_dir: Path, cfg: WorldConfig, val_fraction: float = 0.2) -> Path:
+def write_world(out_dir: Path, cfg: WorldConfig, val_fraction: float = 0.2, videos: bool = False) -> Path:
     """Write a world as a feature folder and return ``out_dir``.
 
     Layout (as msrvtt-ae128-dev): ``features.npy`` (N, T, D) float32, ``video_ids.txt``,
     ``annotations.json`` ``{video_id: {split, captions, attributes}}``, plus ``meta.json``,
     ``train_ids.txt`` and ``val_ids.txt``. The last ``val_fraction`` of the clips are
-    "validate". If ``out_dir`` already holds a complete world with the same meta, it is reused.
-    """
+    "validate". ``videos``: each clip also as ``media/<id>.mp4`` (vidlang.worlds.media). A complete
+    world with the same meta in ``out_dir`` is reused."""
     cfg.check()
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction = {val_fraction!r} must be in (0, 1)")
     out_dir = Path(out_dir)
-    meta = _meta(cfg, val_fraction)
+    meta = {**_meta(cfg, val_fraction), **({"media": MEDIA_DIR} if videos else {})}
     meta_path = out_dir / "meta.json"
-    if meta_path.is_file() and _complete(out_dir):
+    ids = [f"synth{i:05d}" for i in range(cfg.num_videos)]
+    if meta_path.is_file() and _complete(out_dir) and (not videos or videos_complete(out_dir, ids)):
         try:
             if json.loads(meta_path.read_text(encoding="utf-8")) == meta:
                 return out_dir
@@ -379,7 +381,8 @@ def write_world(out_dir: Path, cfg: WorldConfig, val_fraction: float = 0.2) -> P
     clips = generate_world(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # meta.json is written last: it marks a complete world
-    ids = [c.video_id for c in clips]
+    if videos:
+        write_clip_videos(out_dir, clips, cfg.fps)
     split = {vid: ("validate" if i >= len(ids) - n_val else "train") for i, vid in enumerate(ids)}
     np.save(out_dir / "features.npy", np.stack([clip_features(c.frames) for c in clips]))
     (out_dir / "video_ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
