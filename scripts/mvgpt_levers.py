@@ -10,6 +10,8 @@ runs/levers/rows.jsonl (one JSON object per probe); ``table`` prints them as mar
     python scripts/mvgpt_levers.py decode runs/p-base/seed0 --name base
     # a training probe already run by scripts/mvgpt_msrvtt.py --out runs/p-NAME --seeds 0 [overrides]
     python scripts/mvgpt_levers.py collect runs/p-NAME --name NAME
+    # rerank the captions of the decode probes of NAME by agreement with the k nearest training videos
+    python scripts/mvgpt_levers.py rerank --name base --ks 10
     python scripts/mvgpt_levers.py table
 """
 from __future__ import annotations
@@ -86,16 +88,40 @@ def decode(run: Path, data: Path, name: str, labels: list[str] | None, command: 
     from vidlang.captioning import caption_folder, generate_captions
 
     loaded = load_model(run, which="latest")
-    _, _, refs, dataset = caption_folder(loaded, data, split=str(val_ids(data)), meteor=False, max_len=1)
+    _, _, refs, dataset = caption_folder(loaded, data, split=str(val_ids(data)), meteor=False, max_len=1,
+                                         transcripts=loaded.cfg.data.transcripts or None)
     with CaptionScorer() as scorer:
         for label, settings in DECODINGS:
             if labels and label not in labels:
                 continue
             tic = time.perf_counter()
             preds = generate_captions(loaded.model, dataset, loaded.tokenizer, **settings)
-            add_row({"lever": f"decoding on {name}", "setting": label, "settings": settings, "run": str(run),
-                     "checkpoint": str(loaded.checkpoint), "decode_s": time.perf_counter() - tic, "command": command,
+            out = ROWS.parent / "captions" / f"{name}--{label}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(preds, indent=0))
+            add_row({"lever": name, "setting": label, "settings": settings, "run": str(run),
+                     "steps": loaded.meta.get("step"), "checkpoint": str(loaded.checkpoint), "decode_s": time.perf_counter() - tic, "command": command,
                      **scored(preds, refs, scorer)})
+
+
+def rerank(data: Path, name: str, k: int, command: str) -> None:
+    """Per video, the caption (among those the decode probes of ``name`` wrote) that agrees best with
+    the captions of its k nearest training videos (baselines.rerank_by_neighbours)."""
+    from vidlang.baselines import rerank_by_neighbours
+
+    files = sorted((ROWS.parent / "captions").glob(f"{name}--*.json"))
+    runs = [json.loads(f.read_text()) for f in files]
+    feats = np.load(data / "features.npy", mmap_mode="r")
+    ids = (data / "video_ids.txt").read_text().split()
+    ann = json.loads((data / "annotations.json").read_text())
+    refs = {v: ann[v]["captions"] for v in ids[700:800]}
+    cands = [list(dict.fromkeys(r[v] for r in runs)) for v in refs]
+    picked = rerank_by_neighbours(cands, np.asarray(feats[:700]), [ann[v]["captions"] for v in ids[:700]],
+                                  np.asarray(feats[700:800]), k)
+    with CaptionScorer() as scorer:
+        add_row({"lever": name, "setting": f"rerank the {len(files)} decodings' captions by agreement with the "
+                 f"{k} nearest training videos' captions", "k": k, "sources": [f.name for f in files],
+                 "command": command, **scored(dict(zip(refs, picked)), refs, scorer)})
 
 
 def collect(out: Path, data: Path, name: str, command: str) -> None:
@@ -121,8 +147,8 @@ def table() -> str:
     lines = [head]
     for r in rows:
         m = r["metrics"]
-        lines.append(f"| {r['lever']} | {r['setting']} | {r.get('steps', '-')} | "
-                     f"{r['train_s']:.0f} | " if "train_s" in r else f"| {r['lever']} | {r['setting']} | - | - | ")
+        train_s = f"{r['train_s']:.0f}" if "train_s" in r else "-"
+        lines.append(f"| {r['lever']} | {r['setting']} | {r.get('steps') or '-'} | {train_s} | ")
         lines[-1] += (" | ".join(f"{m[k]:.3f}" for k in KEYS)
                       + f" | {r['distinct_per_100']:.0f} | {r['top_share']:.0%} | {r['top_caption']} |")
     return "\n".join(lines)
@@ -132,10 +158,10 @@ def main() -> None:
     import sys
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["consensus", "decode", "collect", "table"])
+    ap.add_argument("what", choices=["consensus", "decode", "rerank", "collect", "table"])
     ap.add_argument("path", nargs="?", type=Path, help="decode: a run folder; collect: a mvgpt_msrvtt.py --out folder")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/msrvtt-ae128-dev"))
-    ap.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 5, 10, 20, 40])
+    ap.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 5, 10, 20, 40], help="consensus/rerank: k")
     ap.add_argument("--name", default="")
     ap.add_argument("--only", nargs="*", help="decode: these DECODINGS labels only")
     args = ap.parse_args()
@@ -144,6 +170,9 @@ def main() -> None:
         consensus(args.data, args.ks, command)
     elif args.what == "decode":
         decode(args.path, args.data, args.name or str(args.path), args.only, command)
+    elif args.what == "rerank":
+        for k in args.ks:
+            rerank(args.data, args.name, k, command)
     elif args.what == "collect":
         collect(args.path, args.data, args.name or str(args.path), command)
     else:

@@ -12,7 +12,7 @@ if shutil.which("java") is None:
     pytest.skip("caption baselines need java (PTB tokenizer)", allow_module_level=True)
 
 from vidlang.baselines import (best_constant_caption, consensus_captions, nearest_neighbour_captions,  # noqa: E402
-                               nearest_videos)
+                               nearest_videos, rerank_by_neighbours)
 from vidlang.errors import ConfigError, DataError  # noqa: E402
 
 # Lower-case, no punctuation: the PTB tokenizer leaves these unchanged.
@@ -91,6 +91,31 @@ def test_consensus_of_k_nearest_matches_a_plain_loop():
         consensus_captions(train, TRAIN_CAPS, test, k=5)
     with pytest.raises(ConfigError, match="k must be"):
         consensus_captions(train, TRAIN_CAPS, test, k=0)
+
+
+def test_rerank_by_neighbours_matches_a_plain_loop():
+    from vidlang.caption_metrics import CiderD, tokenize
+
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(4, 5))
+    test = train[[3, 0, 1]] + 0.05 * rng.normal(size=(3, 5))
+    cands = [["a car drives", "cars race on a track", "a woman sings", "a man is slicing a tomato",
+              "a man is singing a song"]] * 2 + [["a man is slicing a tomato", "a woman sings", "a car drives"]]
+    toks = tokenize(dict(enumerate(TRAIN_CAPS)))
+    cider = CiderD([toks[v] for v in range(len(TRAIN_CAPS))])
+    for k in (1, 2, 4):
+        got = rerank_by_neighbours(cands, train, TRAIN_CAPS, test, k)
+        for caption, options, pool in zip(got, cands, _brute_knn(train, test, k)):
+            def agreement(c):  # mean CIDEr-D of c against every caption of the pool's videos
+                scores = cider.pair_scores([" ".join(c.split())])[0]
+                cols = [j for j, v in enumerate(cider.video_of_ref) if v in pool]
+                return sum(scores[j] for j in cols) / len(cols)
+            assert caption == max(options, key=agreement), (k, pool)
+    # the pool decides: video 1's neighbour alone, then with video 2 (the singers) beside it
+    assert rerank_by_neighbours(cands, train, TRAIN_CAPS, test, 1)[2] == "a man is slicing a tomato"
+    assert rerank_by_neighbours(cands, train, TRAIN_CAPS, test, 2)[2] == "a woman sings"
+    with pytest.raises(DataError, match="candidate lists"):
+        rerank_by_neighbours(cands[:2], train, TRAIN_CAPS, test, 1)
 
 
 def test_nearest_neighbour_rejects_bad_input():

@@ -161,6 +161,34 @@ def consensus_captions(train_feats: np.ndarray, train_captions: Sequence[Sequenc
     return [best[tuple(int(v) for v in row)] for row in nearest]
 
 
+def rerank_by_neighbours(candidates: Sequence[Sequence[str]], train_feats: np.ndarray,
+                         train_captions: Sequence[Sequence[str]], test_feats: np.ndarray, k: int) -> list[str]:
+    """For each test video, the one of its ``candidates`` (e.g. a captioner's captions under several
+    decodings) with the highest mean CIDEr-D against all captions of its k nearest training videos
+    (:func:`nearest_videos`; IDF over all training videos); ties go to the first candidate. Only
+    training captions are references: each video is reranked alone. Needs Java (the PTB tokenizer).
+    """
+    from vidlang.caption_metrics import CiderD, tokenize
+
+    caps = _caption_lists(train_captions, "train_captions")
+    cands = _caption_lists(candidates, "candidates")
+    n = _pooled(train_feats, "train_feats").shape[0]
+    if n != len(caps):
+        raise DataError(f"train_feats has {n} rows but there are {len(caps)} training videos")
+    nearest = nearest_videos(train_feats, test_feats, k)
+    if len(cands) != len(nearest):
+        raise DataError(f"{len(cands)} candidate lists for {len(nearest)} test videos")
+    toks = tokenize({**{("ref", v): c for v, c in enumerate(caps)}, **{("cand", i): c for i, c in enumerate(cands)}})
+    cider = CiderD([toks[("ref", v)] for v in range(len(caps))])
+    first_ref = np.concatenate([[0], np.cumsum([len(c) for c in caps])])
+    out = []
+    for i, pool in enumerate(nearest):
+        cols = np.concatenate([np.arange(first_ref[v], first_ref[v + 1]) for v in pool])
+        agreement = cider.pair_scores(toks[("cand", i)])[:, cols].mean(axis=1)
+        out.append(cands[i][int(agreement.argmax())])
+    return out
+
+
 def nearest_neighbour_captions(train_feats: np.ndarray, train_captions: Sequence[Sequence[str]],
                                test_feats: np.ndarray) -> list[str]:
     """Caption each test video with the consensus caption of its nearest training video
