@@ -11,7 +11,8 @@ pytest.importorskip("scipy")
 if shutil.which("java") is None:
     pytest.skip("caption baselines need java (PTB tokenizer)", allow_module_level=True)
 
-from vidlang.evaluation.baselines import best_constant_caption, nearest_neighbour_captions  # noqa: E402
+from vidlang.evaluation.baselines import (best_constant_caption, consensus_captions,  # noqa: E402
+                                          nearest_neighbour_captions, nearest_videos, rerank_by_neighbours)
 from vidlang.errors import ConfigError, DataError  # noqa: E402
 
 # Lower-case, no punctuation: the PTB tokenizer leaves these unchanged.
@@ -47,6 +48,74 @@ def test_nearest_neighbour_picks_the_nearest_videos_consensus_caption():
     assert got[0] == "cars race on a track"  # the caption given twice is the consensus
     assert got[1] not in ("someone plays a guitar",) and got[1] == got[4]
     assert got[2] != "a cat sleeps"  # the outlier never wins
+
+
+def _brute_knn(train: np.ndarray, test: np.ndarray, k: int) -> list[list[int]]:
+    mean, std = train.mean(0), train.std(0)
+    std[std == 0] = 1
+    a, b = (train - mean) / std, (test - mean) / std
+    out = []
+    for q in b:
+        sims = [float(q @ x / (np.linalg.norm(q) * np.linalg.norm(x))) for x in a]
+        out.append(sorted(range(len(a)), key=lambda i: -sims[i])[:k])
+    return out
+
+
+def test_consensus_of_k_nearest_matches_a_plain_loop():
+    from vidlang.evaluation.caption_metrics import CiderD, tokenize
+
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(4, 6, 5))
+    test = rng.normal(size=(6, 5))
+    toks = tokenize(dict(enumerate(TRAIN_CAPS)))
+    cider = CiderD([toks[v] for v in range(len(TRAIN_CAPS))])
+    ref_index = {}  # (video, caption) -> column of cider's reference matrix
+    for v, caps in enumerate(TRAIN_CAPS):
+        for i in range(len(caps)):
+            ref_index[(v, i)] = len(ref_index)
+    for k in (1, 2, 3, 4):
+        got = consensus_captions(train, TRAIN_CAPS, test, k=k)
+        assert [list(r) for r in nearest_videos(train, test, k)] == _brute_knn(train.mean(axis=1), test, k)
+        for caption, pool in zip(got, _brute_knn(train.mean(axis=1), test, k)):
+            items = [(v, i) for v in pool for i in range(len(TRAIN_CAPS[v]))]
+            means = []
+            for v, i in items:  # mean CIDEr-D of caption (v, i) against every other caption of the pool
+                terms = [cider.pair_scores([toks[v][i]])[0, ref_index[(w, j)]] for w, j in items if (w, j) != (v, i)]
+                means.append(sum(terms) / len(terms))
+            v, i = items[int(np.argmax(means))]
+            assert caption == TRAIN_CAPS[v][i], (k, pool)
+    # every training video in the pool: one caption for every test video, and k=1 is the nearest neighbour
+    assert len(set(consensus_captions(train, TRAIN_CAPS, test, k=4))) == 1
+    assert consensus_captions(train, TRAIN_CAPS, test, k=1) == nearest_neighbour_captions(train, TRAIN_CAPS, test)
+    with pytest.raises(ConfigError, match="k must be"):
+        consensus_captions(train, TRAIN_CAPS, test, k=5)
+    with pytest.raises(ConfigError, match="k must be"):
+        consensus_captions(train, TRAIN_CAPS, test, k=0)
+
+
+def test_rerank_by_neighbours_matches_a_plain_loop():
+    from vidlang.evaluation.caption_metrics import CiderD, tokenize
+
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(4, 5))
+    test = train[[3, 0, 1]] + 0.05 * rng.normal(size=(3, 5))
+    cands = [["a car drives", "cars race on a track", "a woman sings", "a man is slicing a tomato",
+              "a man is singing a song"]] * 2 + [["a man is slicing a tomato", "a woman sings", "a car drives"]]
+    toks = tokenize(dict(enumerate(TRAIN_CAPS)))
+    cider = CiderD([toks[v] for v in range(len(TRAIN_CAPS))])
+    for k in (1, 2, 4):
+        got = rerank_by_neighbours(cands, train, TRAIN_CAPS, test, k)
+        for caption, options, pool in zip(got, cands, _brute_knn(train, test, k)):
+            def agreement(c):  # mean CIDEr-D of c against every caption of the pool's videos
+                scores = cider.pair_scores([" ".join(c.split())])[0]
+                cols = [j for j, v in enumerate(cider.video_of_ref) if v in pool]
+                return sum(scores[j] for j in cols) / len(cols)
+            assert caption == max(options, key=agreement), (k, pool)
+    # the pool decides: video 1's neighbour alone, then with video 2 (the singers) beside it
+    assert rerank_by_neighbours(cands, train, TRAIN_CAPS, test, 1)[2] == "a man is slicing a tomato"
+    assert rerank_by_neighbours(cands, train, TRAIN_CAPS, test, 2)[2] == "a woman sings"
+    with pytest.raises(DataError, match="candidate lists"):
+        rerank_by_neighbours(cands[:2], train, TRAIN_CAPS, test, 1)
 
 
 def test_nearest_neighbour_rejects_bad_input():

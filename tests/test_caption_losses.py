@@ -36,6 +36,27 @@ def test_caption_loss_matches_loop():
     empty.backward()  # differentiable even with no target token
 
 
+def test_caption_loss_label_smoothing_matches_loop():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 4, 7, generator=g)
+    targets = torch.randint(0, 7, (2, 4), generator=g)
+    targets[1, 3] = losses.IGNORE  # an id outside the output vocabulary: masked out, as MVGPT passes it
+    mask = targets != losses.IGNORE
+    eps = 0.2
+    terms = []
+    for b in range(2):
+        for t in range(4):
+            if mask[b, t]:
+                uniform = sum(nll(logits[b, t], c) for c in range(7)) / 7
+                terms.append((1 - eps) * nll(logits[b, t], int(targets[b, t])) + eps * uniform)
+    got = losses.caption_loss(logits, targets, mask, label_smoothing=eps)
+    assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    assert losses.caption_loss(logits, targets, mask, 0.0).item() == pytest.approx(
+        sum(nll(logits[b, t], int(targets[b, t])) for b in range(2) for t in range(4) if mask[b, t]) / 7, rel=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        losses.caption_loss(logits, targets, mask, label_smoothing=1.0)
+
+
 def test_masked_lm_loss_matches_loop():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 6, 9, generator=g)
@@ -115,8 +136,9 @@ def _item(batch: CaptionBatch, i: int):
     return batch.video[i : i + 1, :t], batch.video_mask[i : i + 1, :t], u, w
 
 
-def _generation_loop(model, batch, direction: str) -> float:
-    """-log p(target | frames, text) token by token: one item, one prefix at a time, no cache."""
+def _generation_loop(model, batch, direction: str, smoothing: float = 0.0) -> float:
+    """-log p(target | frames, text) token by token: one item, one prefix at a time, no cache
+    (with ``smoothing`` e: (1 - e) of it plus e times the mean of -log p over the vocabulary)."""
     ids = model.ids
     terms = []
     for i in range(len(batch)):
@@ -126,7 +148,9 @@ def _generation_loop(model, batch, direction: str) -> float:
         for j in range(1, target.shape[1]):  # predict target[j] from [BOS] target[1:j]
             prefix = torch.cat([torch.tensor([[ids[bos]]]), target[:, 1:j]], 1)
             logits, _ = model.decoder(prefix, memory)
-            terms.append(nll(logits[0, -1], int(target[0, j])))
+            row = logits[0, -1].double()
+            uniform = float(torch.logsumexp(row, 0) - row.mean())  # mean_c -log p(c)
+            terms.append((1 - smoothing) * nll(logits[0, -1], int(target[0, j])) + smoothing * uniform)
     return sum(terms) / len(terms)
 
 
@@ -222,3 +246,15 @@ def test_caption_objective_is_fg_with_the_transcript(model, batch):
     out = model(batch)
     assert set(out) == {"caption", "loss", "objective"}
     assert out["caption"].item() == pytest.approx(_generation_loop(model, batch, "fg"), rel=1e-4)
+
+
+@torch.no_grad()
+def test_caption_objective_applies_label_smoothing(model, batch):
+    _set_objective(model, "caption")
+    model.cfg.mvgpt.label_smoothing = 0.1
+    try:
+        out = model(batch)
+    finally:
+        model.cfg.mvgpt.label_smoothing = 0.0
+    assert out["caption"].item() == pytest.approx(_generation_loop(model, batch, "fg", smoothing=0.1), rel=1e-4)
+    assert abs(out["caption"].item() - _generation_loop(model, batch, "fg")) > 1e-3  # near-uniform at init: small

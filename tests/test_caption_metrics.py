@@ -173,3 +173,12 @@ def test_cider_d_matches_pycocoevalcap():
         assert got[i].mean() == pytest.approx(score, abs=1e-10)
     pair = cider.pair_scores(cands)
     assert pair.shape == (len(cands), sum(len(r) for r in refs))
+
+
+def test_caption_diversity_counts_distinct_captions_and_the_top_share():
+    preds = {"a": "a man is talking", "b": "A man is  talking", "c": "a dog runs", "d": "a man is talking"}
+    got = cm.caption_diversity(preds)
+    assert got == {"distinct_per_100": 50.0, "top_share": 0.75, "top_caption": "a man is talking"}
+    assert cm.caption_diversity({"x": "one"})["top_share"] == 1.0
+    with pytest.raises(DataError, match="no captions"):
+        cm.caption_diversity({})

@@ -124,6 +124,7 @@ class MVGPTConfig:
     min_utterance_words: int = 10  # pretraining: utterances merged until the present one has this many words
     output_vocab: str = "full"  # full: every WordPiece (paper) | train: the WordPieces of the training texts (CPU speed)
     max_target_len: int = 32  # longest decoder text in tokens, [CLS]/[BOS] and [SEP] included (§2.6)
+    label_smoothing: float = 0.0  # caption fine-tuning: cross-entropy label smoothing over the output vocabulary
     objective: str = "pretrain"  # pretrain (= fg+bg+mlm_d) | '+'-joined subset of fg, bg, mlm_d, mlm_e | caption
     fg_weight: float = 1.0  # forward generation L_FG (§2.3: 1:1:1)
     bg_weight: float = 1.0  # backward generation L_BG

@@ -98,11 +98,16 @@ def fusion_loss(pos: torch.Tensor, neg_videos: torch.Tensor, neg_texts: torch.Te
 IGNORE = -100  # label of positions that carry no MLM target (torch's cross-entropy convention)
 
 
-def caption_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
     """L_FG = -log p(W | F, U) (and L_BG = -log p(U | F, W)) as token-level cross-entropy:
     the mean of -log p(target token | prefix) over the real (``mask`` true) target tokens of the batch.
-    A batch without a single target token gives 0 (never NaN)."""
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    ``label_smoothing`` = e: each token's term is (1 - e) * -log p(target) + e * mean_c -log p(c) over
+    the C classes of ``logits`` (Szegedy et al. 2016). A batch without a target token gives 0 (never NaN)."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none",
+                          label_smoothing=label_smoothing)
     weights = mask.reshape(-1).to(nll.dtype)
     return (nll * weights).sum() / weights.sum().clamp_min(1.0)
 

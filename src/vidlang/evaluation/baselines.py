@@ -4,8 +4,9 @@
 onto its video's mean-pooled, standardised feature; a test text scores each test video
 by the cosine between its predicted vector and the video's actual one.
 
-Captioning baselines: ``nearest_neighbour_captions`` (the consensus caption of the nearest
-training video) and ``best_constant_caption`` (one training caption for every video).
+Captioning baselines: ``consensus_captions`` (the consensus caption of the k nearest training
+videos; ``nearest_neighbour_captions`` is k=1) and ``best_constant_caption`` (one training
+caption for every video).
 """
 from __future__ import annotations
 
@@ -111,38 +112,88 @@ def _caption_lists(captions: Sequence[Sequence[str]], name: str) -> list[list[st
     return out
 
 
-def nearest_neighbour_captions(train_feats: np.ndarray, train_captions: Sequence[Sequence[str]],
-                               test_feats: np.ndarray) -> list[str]:
-    """Caption each test video with the consensus caption of its nearest training video.
+def nearest_videos(train_feats: np.ndarray, test_feats: np.ndarray, k: int = 1) -> np.ndarray:
+    """(M, k) indices of each test video's k nearest training videos, nearest first.
 
     Nearest: highest cosine between mean-pooled features ((N, D), or (N, T, D) pooled here),
-    standardised per dimension with the training mean/std. Consensus: among that video's
-    captions, the one with the highest mean CIDEr-D (pycocoevalcap's formula and PTB tokens, IDF
-    over all training videos) against each of the video's other captions (Devlin et al. 2015).
-    Needs Java (the PTB tokenizer).
+    standardised per dimension with the training mean/std; ties go to the lower index.
+    """
+    x = _pooled(train_feats, "train_feats")
+    q = _pooled(test_feats, "test_feats", dim=x.shape[1])
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(x):
+        raise ConfigError(f"k must be an integer in [1, {len(x)}] (the training videos), got {k!r}")
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std == 0] = 1.0
+    sim = _unit_rows((q - mean) / std) @ _unit_rows((x - mean) / std).T
+    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
+
+
+def consensus_captions(train_feats: np.ndarray, train_captions: Sequence[Sequence[str]], test_feats: np.ndarray,
+                       k: int = 1) -> list[str]:
+    """Caption each test video with the consensus caption of its k nearest training videos.
+
+    Nearest: :func:`nearest_videos`. Consensus (Devlin et al. 2015): among all captions of those k
+    videos, the one with the highest mean CIDEr-D (pycocoevalcap's formula and PTB tokens, IDF over
+    all training videos) against each of the other captions of the pool; ties go to the caption
+    of the nearer video (then the earlier caption). ``k=1`` is :func:`nearest_neighbour_captions`.
+    Choose k on validation videos, never on the test split. Needs Java (the PTB tokenizer).
     """
     from vidlang.evaluation.caption_metrics import CiderD, tokenize
 
     caps = _caption_lists(train_captions, "train_captions")
-    x = _pooled(train_feats, "train_feats")
-    if x.shape[0] != len(caps):
-        raise DataError(f"train_feats has {x.shape[0]} rows but there are {len(caps)} training videos")
-    q = _pooled(test_feats, "test_feats", dim=x.shape[1])
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    std[std == 0] = 1.0
-    nearest = (_unit_rows((q - mean) / std) @ _unit_rows((x - mean) / std).T).argmax(axis=1)
+    n = _pooled(train_feats, "train_feats").shape[0]
+    if n != len(caps):
+        raise DataError(f"train_feats has {n} rows but there are {len(caps)} training videos")
+    nearest = nearest_videos(train_feats, test_feats, k)
     toks = tokenize(dict(enumerate(caps)))
     cider = CiderD([toks[v] for v in range(len(caps))])
-    best: dict[int, str] = {}
-    for v in dict.fromkeys(int(i) for i in nearest):
-        cols = np.flatnonzero(cider.video_of_ref == v)
-        if len(cols) == 1:
-            best[v] = caps[v][0]
+    first_ref = np.concatenate([[0], np.cumsum([len(c) for c in caps])])
+    best: dict[tuple[int, ...], str] = {}
+    for pool in dict.fromkeys(tuple(int(v) for v in row) for row in nearest):
+        cols = np.concatenate([np.arange(first_ref[v], first_ref[v + 1]) for v in pool])
+        texts = [c for v in pool for c in caps[v]]
+        if len(texts) == 1:
+            best[pool] = texts[0]
             continue
-        sim = cider.pair_scores(toks[v])[:, cols]  # (k, k), row i = caption i vs each caption
+        sim = cider.pair_scores([t for v in pool for t in toks[v]])[:, cols]  # (P, P): caption i vs caption j
         np.fill_diagonal(sim, 0.0)
-        best[v] = caps[v][int((sim.sum(axis=1) / (len(cols) - 1)).argmax())]
-    return [best[int(i)] for i in nearest]
+        best[pool] = texts[int((sim.sum(axis=1) / (len(texts) - 1)).argmax())]
+    return [best[tuple(int(v) for v in row)] for row in nearest]
+
+
+def rerank_by_neighbours(candidates: Sequence[Sequence[str]], train_feats: np.ndarray,
+                         train_captions: Sequence[Sequence[str]], test_feats: np.ndarray, k: int) -> list[str]:
+    """For each test video, the one of its ``candidates`` (e.g. a captioner's captions under several
+    decodings) with the highest mean CIDEr-D against all captions of its k nearest training videos
+    (:func:`nearest_videos`; IDF over all training videos); ties go to the first candidate. Only
+    training captions are references: each video is reranked alone. Needs Java (the PTB tokenizer).
+    """
+    from vidlang.evaluation.caption_metrics import CiderD, tokenize
+
+    caps = _caption_lists(train_captions, "train_captions")
+    cands = _caption_lists(candidates, "candidates")
+    n = _pooled(train_feats, "train_feats").shape[0]
+    if n != len(caps):
+        raise DataError(f"train_feats has {n} rows but there are {len(caps)} training videos")
+    nearest = nearest_videos(train_feats, test_feats, k)
+    if len(cands) != len(nearest):
+        raise DataError(f"{len(cands)} candidate lists for {len(nearest)} test videos")
+    toks = tokenize({**{("ref", v): c for v, c in enumerate(caps)}, **{("cand", i): c for i, c in enumerate(cands)}})
+    cider = CiderD([toks[("ref", v)] for v in range(len(caps))])
+    first_ref = np.concatenate([[0], np.cumsum([len(c) for c in caps])])
+    out = []
+    for i, pool in enumerate(nearest):
+        cols = np.concatenate([np.arange(first_ref[v], first_ref[v + 1]) for v in pool])
+        agreement = cider.pair_scores(toks[("cand", i)])[:, cols].mean(axis=1)
+        out.append(cands[i][int(agreement.argmax())])
+    return out
+
+
+def nearest_neighbour_captions(train_feats: np.ndarray, train_captions: Sequence[Sequence[str]],
+                               test_feats: np.ndarray) -> list[str]:
+    """Caption each test video with the consensus caption of its nearest training video
+    (:func:`consensus_captions` with ``k=1``). Needs Java (the PTB tokenizer)."""
+    return consensus_captions(train_feats, train_captions, test_feats, k=1)
 
 
 def best_constant_caption(train_captions: Sequence[str] | Sequence[Sequence[str]],

@@ -33,8 +33,8 @@ import numpy as np
 
 from vidlang.errors import DataError, VidlangError
 
-__all__ = ["preflight", "tokenize", "CaptionScorer", "CaptionScores", "caption_metrics", "CiderD",
-           "METRICS"]
+__all__ = ["preflight", "tokenize", "CaptionScorer", "CaptionScores", "caption_metrics", "caption_diversity",
+           "CiderD", "METRICS"]
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 _JAVA_HINT = "install a Java runtime, e.g. `apt-get install default-jre-headless` (Debian/Ubuntu)"
@@ -231,6 +231,21 @@ def caption_metrics(predictions: Mapping[Hashable, str], references: Mapping[Has
     """
     with CaptionScorer(meteor=meteor) as scorer:
         return scorer.score(predictions, references).corpus
+
+
+def caption_diversity(predictions: Mapping[Hashable, str]) -> dict[str, Any]:
+    """How generic a set of captions is: ``distinct_per_100`` (distinct captions per 100 ids),
+    ``top_share`` (the share of ids given the most frequent caption) and ``top_caption``.
+    Captions are compared lower-cased with whitespace runs collapsed."""
+    if not predictions:
+        raise DataError("caption_diversity got no captions")
+    counts: dict[str, int] = {}
+    for p in predictions.values():
+        key = _clean(p).lower()
+        counts[key] = counts.get(key, 0) + 1
+    top = max(counts, key=counts.get)  # the first-seen of the most frequent
+    n = len(predictions)
+    return {"distinct_per_100": 100.0 * len(counts) / n, "top_share": counts[top] / n, "top_caption": top}
 
 
 # ----------------------------------------------------------------------------- vectorised CIDEr-D

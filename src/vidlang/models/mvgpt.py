@@ -73,6 +73,8 @@ class MVGPT(nn.Module):
         self.parts = parse_objective(g.objective)
         if g.output_vocab not in ("full", "train"):
             raise ConfigError(f"mvgpt.output_vocab must be 'full' or 'train', not {g.output_vocab!r}")
+        if not 0.0 <= g.label_smoothing < 1.0:
+            raise ConfigError(f"mvgpt.label_smoothing must be in [0, 1), got {g.label_smoothing}")
         if not 0.0 <= g.mask_prob <= 1.0:
             raise ConfigError(f"mvgpt.mask_prob must be in [0, 1], got {g.mask_prob}")
         decoding.check_settings(d.method, d.max_len, d.beam_size, d.top_p, d.temperature, d.no_repeat_ngram)
@@ -183,7 +185,7 @@ class MVGPT(nn.Module):
             dec_in, labels, label_mask = self._teacher(batch.target_ids, batch.target_mask, "bos1")
             logits, _ = self.decoder(dec_in, memory, only=label_mask)
             targets = self.decoder.output_targets(labels[label_mask.bool()])
-            loss = losses.caption_loss(logits, targets, targets != losses.IGNORE)
+            loss = losses.caption_loss(logits, targets, targets != losses.IGNORE, g.label_smoothing)
             return {"caption": loss, "loss": loss, "objective": loss}
 
         # pretraining: FG reads (F, U) and writes W; BG reads (F, W) and writes U
