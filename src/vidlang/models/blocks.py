@@ -71,7 +71,7 @@ class TextEncoder(nn.Module):
     """
 
     def __init__(self, name_or_path: str, width: int | None, trainable_layers: int = -1, config_only: bool = False,
-                 pooling: str = "cls"):
+                 pooling: str = "cls", cache_frozen_layers: bool = False):
         super().__init__()
         from transformers import AutoConfig, AutoModel
         from transformers.utils import logging as hf_logging
@@ -94,6 +94,10 @@ class TextEncoder(nn.Module):
         self.trainable_layers = trainable_layers
         # frozen outputs depend only on the pretrained weights: share them across models of a process
         self._cache = _FROZEN_OUTPUTS.setdefault(str(path), {}) if trainable_layers == 0 and not config_only else {}
+        # N > 0 trainable layers: the output of the frozen layers below them, cached per token sequence
+        self.cache_frozen_layers = cache_frozen_layers
+        self._lower_cache: dict = (_FROZEN_OUTPUTS.setdefault(f"{path}@{trainable_layers}", {})
+                                   if cache_frozen_layers and not config_only else {})
         if trainable_layers >= 0:
             self.bert.requires_grad_(False)
             if trainable_layers > 0:
@@ -111,19 +115,44 @@ class TextEncoder(nn.Module):
         return self
 
     def _bert(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.cache_frozen_layers and self.trainable_layers > 0:
+            return self._top_layers(input_ids, attention_mask)
         if not self.frozen:
             return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._cached(input_ids, attention_mask, self._cache, lambda ids, mask: self.bert(
+            input_ids=ids, attention_mask=mask).last_hidden_state)
+
+    def _top_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Only the top ``trainable_layers`` layers run; the frozen layers below them run once per
+        token sequence in eval mode (no dropout) and their output is cached."""
+        n_frozen = self.bert.config.num_hidden_layers - self.trainable_layers
+
+        def frozen_part(ids, mask):
+            was = self.bert.training
+            self.bert.eval()
+            hidden = self.bert(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[n_frozen]
+            self.bert.train(was)
+            return hidden
+
+        x = self._cached(input_ids, attention_mask, self._lower_cache, frozen_part)
+        additive = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for layer in self.bert.encoder.layer[n_frozen:]:
+            out = layer(x, attention_mask=additive)
+            x = out[0] if isinstance(out, tuple) else out
+        return x * attention_mask[..., None].to(x.dtype)
+
+    def _cached(self, input_ids, attention_mask, cache: dict, compute) -> torch.Tensor:
         lengths = attention_mask.sum(1).tolist()
         keys = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths)]
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        missing = [i for i, k in enumerate(keys) if k not in cache]
         if missing:  # full precision even under autocast: the cache is shared by every later run
             with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
-                out = self.bert(input_ids=input_ids[missing], attention_mask=attention_mask[missing]).last_hidden_state
+                out = compute(input_ids[missing], attention_mask[missing])
             for row, i in enumerate(missing):
-                self._cache[keys[i]] = out[row, : lengths[i]].detach()
+                cache[keys[i]] = out[row, : lengths[i]].detach()
         hidden = input_ids.new_zeros((*input_ids.shape, self.bert.config.hidden_size), dtype=torch.float32)
         for i, key in enumerate(keys):
-            hidden[i, : lengths[i]] = self._cache[key]
+            hidden[i, : lengths[i]] = cache[key]
         return hidden
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
