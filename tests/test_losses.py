@@ -423,3 +423,29 @@ def test_cached_frozen_layers_match_a_full_pass():
     cached(ids, mask).pooled.sum().backward()  # second call: from the cache
     grads = [p.grad is not None for p in cached.bert.encoder.layer[-1].parameters()]
     assert all(grads) and all(p.grad is None for p in cached.bert.encoder.layer[0].parameters())
+
+
+def test_learned_temperature_scales_normalised_scores():
+    """model.learned_temperature: s1 and s2 are cosine scores divided by their own learned τ (init given)."""
+    import math
+
+    from vidlang.models.blocks import Encoded
+    from vidlang.models.taco import TACo
+
+    torch.manual_seed(0)
+    model = TACo(ModelConfig(video_layers=1, fusion_layers=1, text_trainable_layers=0, width=16, video_heads=2,
+                             fusion_heads=2, normalize=True, learned_temperature=0.05), video_dim=8)
+    assert model.log_inv_tau.requires_grad
+    with torch.no_grad():
+        model.log_inv_tau[1] = math.log(5.0)
+    v = Encoded(torch.randn(3, 4, 16), torch.ones(3, 4, dtype=torch.bool), torch.randn(3, 16))
+    t = Encoded(torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool), torch.randn(2, 16))
+    s1 = model.sentence_scores(v, t)
+    for i in range(2):
+        for j in range(3):
+            cos = float(torch.nn.functional.cosine_similarity(t.pooled[i], v.pooled[j], dim=0))
+            assert abs(float(s1[i, j].detach()) - cos / 0.05) < 1e-3
+            for p in range(5):
+                best = max(float(torch.nn.functional.cosine_similarity(t.tokens[i, p], v.tokens[j, k], dim=0))
+                           for k in range(4))
+                assert abs(float(model.token_similarities(v, t)[i, j, p]) - 5.0 * best) < 1e-4
