@@ -255,3 +255,20 @@ def test_real_msrvtt_ae128_dev(tokenizer):
     assert len(ds) == 60 and ds.videos == ["video0", "video1", "video700"]
     batch = collate([ds[i] for i in next(iter(UniqueVideoBatchSampler(ds, 8)))])
     assert batch.video.shape == (3, 48, 128) and batch.video_mask.all()
+
+
+def test_augment_frames():
+    from vidlang.data.dataset import augment_frames, sample_frames
+
+    feats = np.arange(50 * 2, dtype=np.float32).reshape(50, 2)
+    gen = torch.Generator().manual_seed(0)
+    np.testing.assert_array_equal(augment_frames(feats, 12, gen), sample_frames(feats, 12))
+    for _ in range(20):  # jitter: one frame from each of 12 equal segments, in order
+        out = augment_frames(feats, 12, gen, jitter=True)
+        idx = (out[:, 0] / 2).astype(int)
+        assert len(idx) == 12 and all(np.floor(k * 50 / 12) <= i < np.ceil((k + 1) * 50 / 12) for k, i in enumerate(idx))
+    assert 1 <= len(augment_frames(feats, 50, gen, drop=0.999)) <= 50
+    kept = [len(augment_frames(feats, 50, gen, drop=0.5)) for _ in range(50)]
+    assert 15 < np.mean(kept) < 35
+    noisy = augment_frames(feats, 50, gen, noise=0.1)
+    assert noisy.dtype == np.float32 and 0.07 < float((noisy - feats).std()) < 0.13

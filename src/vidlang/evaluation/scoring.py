@@ -182,3 +182,26 @@ def score_matrix(
     base.sub_(base.max()).add_(reranked.min()).sub_(1.0)  # keeps their order, below every reranked pair
     base[text_index, video_index] = reranked
     return base
+
+
+def querybank_normalise(sim: torch.Tensor, bank_sim: torch.Tensor, beta: float, dynamic: bool = True,
+                        top_k: int = 1) -> torch.Tensor:
+    """QB-Norm (Bogolin et al., CVPR 2022) of a (queries, gallery) score matrix, text->video only.
+
+    ``bank_sim`` (bank queries, gallery) scores a bank of training queries against the same gallery.
+    Inverted softmax: score(q, j) = beta·sim[q, j] - log Σ_b exp(beta·bank_sim[b, j]) (the log of
+    exp(beta·s) / Σ_b exp(beta·bank), same ranking per query). ``dynamic`` (DIS): a query is normalised
+    only when its own top-1 gallery item is among the items that are in the top ``top_k`` of some bank
+    query; other queries keep beta·sim. Ranks within a query are comparable; scores across queries are
+    not (use the raw ``sim`` for video->text).
+    """
+    if sim.shape[1] != bank_sim.shape[1]:
+        raise ValueError(f"sim has {sim.shape[1]} gallery items but bank_sim has {bank_sim.shape[1]}")
+    scaled = beta * sim
+    normalised = scaled - torch.logsumexp(beta * bank_sim, dim=0)[None]
+    if not dynamic:
+        return normalised
+    active = torch.zeros(sim.shape[1], dtype=torch.bool, device=sim.device)
+    active[bank_sim.topk(min(top_k, sim.shape[1]), dim=1).indices.reshape(-1)] = True
+    use = active[sim.argmax(dim=1)]
+    return torch.where(use[:, None], normalised, scaled)

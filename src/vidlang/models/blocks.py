@@ -76,7 +76,7 @@ class TextEncoder(nn.Module):
     """
 
     def __init__(self, name_or_path: str, width: int | None, trainable_layers: int = -1, config_only: bool = False,
-                 pooling: str = "cls"):
+                 pooling: str = "cls", cache_frozen_layers: bool = False):
         super().__init__()
         from transformers import AutoConfig, AutoModel
         from transformers.utils import logging as hf_logging
@@ -101,6 +101,10 @@ class TextEncoder(nn.Module):
         shared = trainable_layers == 0 and not config_only
         self._cache = _FROZEN_OUTPUTS.setdefault(str(path), LRUCache(FROZEN_CACHE_SIZE)) if shared \
             else LRUCache(FROZEN_CACHE_SIZE)
+        # N > 0 trainable layers: the output of the frozen layers below them, cached per token sequence
+        self.cache_frozen_layers = cache_frozen_layers
+        self._lower_cache = (_FROZEN_OUTPUTS.setdefault(f"{path}@{trainable_layers}", LRUCache(FROZEN_CACHE_SIZE))
+                             if cache_frozen_layers and not config_only else LRUCache(FROZEN_CACHE_SIZE))
         if trainable_layers >= 0:
             self.bert.requires_grad_(False)
             if trainable_layers > 0:
@@ -122,11 +126,36 @@ class TextEncoder(nn.Module):
         return self
 
     def _bert(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.cache_frozen_layers and self.trainable_layers > 0:
+            return self._top_layers(input_ids, attention_mask)
         if not self.frozen:
             return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._cached(input_ids, attention_mask, self._cache, lambda ids, mask: self.bert(
+            input_ids=ids, attention_mask=mask).last_hidden_state)
+
+    def _top_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Only the top ``trainable_layers`` layers run; the frozen layers below them run once per
+        token sequence in eval mode (no dropout) and their output is cached."""
+        n_frozen = self.bert.config.num_hidden_layers - self.trainable_layers
+
+        def frozen_part(ids, mask):
+            was = self.bert.training
+            self.bert.eval()
+            hidden = self.bert(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[n_frozen]
+            self.bert.train(was)
+            return hidden
+
+        x = self._cached(input_ids, attention_mask, self._lower_cache, frozen_part)
+        additive = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        for layer in self.bert.encoder.layer[n_frozen:]:
+            out = layer(x, attention_mask=additive)
+            x = out[0] if isinstance(out, tuple) else out
+        return x * attention_mask[..., None].to(x.dtype)
+
+    def _cached(self, input_ids, attention_mask, cache: dict, compute) -> torch.Tensor:
         lengths = attention_mask.sum(1).tolist()
         keys = [tuple(row[:n].tolist()) for row, n in zip(input_ids, lengths)]
-        found = {k: v for k in keys if (v := self._cache.get(k)) is not None}  # held here: the LRU may evict
+        found = {k: v for k in keys if (v := cache.get(k)) is not None}  # held here: the LRU may evict
         missing = list({k: i for i, k in reversed(list(enumerate(keys))) if k not in found}.values())
         # Each caption alone and unpadded: its output then depends on its tokens only, not on the batch that
         # first met it (a padded batch changes the last bits), so a resumed process refills the cache bit for
@@ -134,8 +163,7 @@ class TextEncoder(nn.Module):
         with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):
             for i in missing:
                 ids = input_ids[i : i + 1, : lengths[i]]
-                out = self.bert(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
-                found[keys[i]] = self._cache[keys[i]] = out[0].detach()
+                found[keys[i]] = cache[keys[i]] = compute(ids, torch.ones_like(ids))[0].detach()
         hidden = input_ids.new_zeros((*input_ids.shape, self.bert.config.hidden_size), dtype=torch.float32)
         for i, key in enumerate(keys):
             hidden[i, : lengths[i]] = found[key]

@@ -6,6 +6,8 @@ on cascade-sampled hard negatives). Inference sums s1 + 0.5·s2 + s3 (§1.5).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +31,8 @@ class TACo(nn.Module):
         self.cfg = cfg
         self.video_dim = video_dim
         self.text = TextEncoder(
-            cfg.text_encoder, cfg.width or None, cfg.text_trainable_layers, not load_text_weights, cfg.text_pooling
+            cfg.text_encoder, cfg.width or None, cfg.text_trainable_layers, not load_text_weights, cfg.text_pooling,
+            cfg.text_cache_frozen,
         )
         self.width = width = self.text.width
         self.video = VideoEncoder(
@@ -39,6 +42,11 @@ class TACo(nn.Module):
             width, cfg.fusion_layers, cfg.fusion_heads, cfg.max_video_positions + cfg.max_text_positions, cfg.dropout
         )
         self.fusion_head = nn.Linear(width, 1)  # w ∈ R^{1×d}, with bias
+        if cfg.learned_temperature > 0:  # log(1/τ) of s1 and of s2, learned (CLIP)
+            start = torch.tensor(-math.log(cfg.learned_temperature))
+            self.log_inv_tau = nn.Parameter(torch.stack([start, start]))
+        else:
+            self.log_inv_tau = None
 
     # -- encoders ---------------------------------------------------------------------------------
     def _normalise(self, enc: Encoded) -> Encoded:
@@ -53,14 +61,20 @@ class TACo(nn.Module):
         return self.text(input_ids, attention_mask)
 
     # -- the three scores -------------------------------------------------------------------------
+    def _scale(self, scores: torch.Tensor, which: int) -> torch.Tensor:
+        """Scores divided by the learned temperature ``which`` (0: s1, 1: s2), capped at 1/τ = 100."""
+        if self.log_inv_tau is None:
+            return scores
+        return scores * self.log_inv_tau[which].clamp(max=math.log(100.0)).exp()
+
     def sentence_scores(self, video: Encoded, text: Encoded) -> torch.Tensor:
         """s1 (texts, videos)."""
-        return losses.sentence_scores(self._normalise(video).pooled, self._normalise(text).pooled)
+        return self._scale(losses.sentence_scores(self._normalise(video).pooled, self._normalise(text).pooled), 0)
 
     def token_similarities(self, video: Encoded, text: Encoded) -> torch.Tensor:
         """s(x_j, y_i^p) for every text token p (texts, videos, tokens)."""
         v, t = self._normalise(video), self._normalise(text)
-        return losses.token_scores(v.tokens, v.mask, t.tokens)
+        return self._scale(losses.token_scores(v.tokens, v.mask, t.tokens), 1)
 
     def fusion_scores(self, video: Encoded, text: Encoded, video_index, text_index) -> torch.Tensor:
         """s3 = w·z^cls for the pairs (video_index[p], text_index[p])."""
@@ -95,7 +109,7 @@ class TACo(nn.Module):
 
         # L1 is cheap: every rank computes it whole (gradient flows only to the local rows)
         pooled_v, pooled_t = shard.gather(video.pooled), shard.gather(text.pooled)
-        s1 = losses.sentence_scores(self._unit(pooled_v), self._unit(pooled_t))
+        s1 = self._scale(losses.sentence_scores(self._unit(pooled_v), self._unit(pooled_t)), 0)
         if loss_cfg.sentence_weight:
             out["l1"] = losses.sentence_loss(s1, loss_cfg.tau_sentence, symmetric, reduction)  # Eq. 3
             total = total + loss_cfg.sentence_weight * out["l1"]

@@ -23,7 +23,9 @@ def build_experiment(cfg: Config) -> Experiment:
         [c.caption for c in train_clips], tags=cfg.taco.pos_tags, cache_path=cache_dir() / "pos_tags.json"
     )
     common = dict(max_frames=cfg.data.max_frames, max_words=cfg.data.max_words, skip_bad=cfg.data.skip_bad)
-    train_set = VideoTextDataset(train_clips, source.store, tokenizer, token_weighter=weighter, **common)
+    augment = {"jitter": cfg.data.frame_jitter, "drop": cfg.data.frame_drop, "noise": cfg.data.feature_noise}
+    train_set = VideoTextDataset(train_clips, source.store, tokenizer, token_weighter=weighter, augment=augment,
+                                 seed=cfg.train.seed, **common)
     val_set = VideoTextDataset(val_clips, source.store, tokenizer, token_weighter=weighter, **common) if val_clips else None
     test_set = VideoTextDataset(splits.test, source.store, tokenizer, token_weighter=weighter, **common) if splits.test else None
     torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
