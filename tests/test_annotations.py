@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vidlang.data.annotations import (filter_clips, read_activitynet, read_annotations, read_id_list,
-                                      read_jsonl, read_msrvtt, read_youcook2)
+from vidlang.data.annotations import read_activitynet, read_annotations, read_jsonl, read_msrvtt, read_youcook2
+from vidlang.data.idlists import filter_clips, read_id_list
 from vidlang.data.records import Clip
 from vidlang.errors import ConfigError, DataError
 

@@ -1,7 +1,6 @@
 """Self-contained model folders: `vidlang export` writes one, load_model reads it with nothing else."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import make_data, tiny_config, tiny_overrides
+from conftest import tiny_config, tiny_overrides
 from vidlang import checkpoint as ckpt
 from vidlang.cli import main
 from vidlang.config import DataConfig

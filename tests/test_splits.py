@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from vidlang.config import DataConfig, load_config
-from vidlang.data.annotations import (filter_clips, read_annotation_files, read_annotations, read_id_list,
-                                      read_id_sentences)
+from vidlang.data.annotations import read_annotation_files, read_annotations
+from vidlang.data.idlists import filter_clips, read_id_list, read_id_sentences
 from vidlang.data.records import Clip
 from vidlang.data.sources import apply_protocol, open_source, resolve_protocol
 from vidlang.errors import ConfigError, DataError

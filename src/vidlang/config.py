@@ -8,14 +8,13 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vidlang.config_rules import RESUME_MAY_CHANGE, check_flat_values, flatten
+from vidlang.config_rules import RESUME_MAY_CHANGE, check_flat_values, flatten, migrate
 from vidlang.errors import ConfigError
 
 
@@ -186,45 +185,6 @@ class Config:
 
 PACKAGED_RECIPES = Path(__file__).with_name("recipes")
 
-# Keys of the flat layout (before the per-task sections) and where they live now. Old recipes and
-# checkpoints load through this table; a recipe that uses an old key gets a warning naming the new one.
-RENAMED = {
-    "model.name": "task",
-    "mvgpt.decode": "decode.method",
-    "mvgpt.max_decode_len": "decode.max_len",
-    **{f"mvgpt.{k}": f"decode.{k}" for k in ("beam_size", "length_penalty", "no_repeat_ngram", "top_p", "temperature")},
-}
-RENAMED_SECTIONS = {"loss": "taco"}
-
-
-def migrate(values: dict[str, Any], source: str = "", warn: bool = True) -> dict[str, Any]:
-    """Move the keys of the flat layout to their sections (RENAMED); a key set twice is an error."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
-    moves = [(old, new) for old, new in RENAMED_SECTIONS.items() if isinstance(out.get(old), dict)]
-    for old, new in moves:
-        for key, value in out.pop(old).items():
-            _move(out, f"{old}.{key}", f"{new}.{key}", value, source, warn)
-    for old, new in RENAMED.items():
-        section, key = old.split(".")
-        if isinstance(out.get(section), dict) and key in out[section]:
-            _move(out, old, new, out[section].pop(key), source, warn)
-    return out
-
-
-def _move(out: dict, old: str, new: str, value: Any, source: str, warn: bool) -> None:
-    *parents, leaf = new.split(".")
-    node = out
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"config key '{part}' is a section")
-    if leaf in node:
-        raise ConfigError(f"{source or 'config'}: '{old}' and '{new}' are the same key ('{old}' is its old name); keep '{new}'")
-    node[leaf] = value
-    if warn:
-        warnings.warn(f"{source or 'config'}: config key '{old}' is now '{new}'", FutureWarning, stacklevel=3)
-
-
 class Override(str):
     """The raw text of a ``key=value`` override: a str field keeps it as written (``007`` stays
     "007"); any other field reads it as YAML first."""
@@ -372,7 +332,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def config_from_dict(values: dict[str, Any], source: str = "") -> Config:
-    """A config saved beside a checkpoint; one of the flat layout loads silently (RENAMED)."""
+    """A config saved beside a checkpoint; one of the flat layout loads silently (config_rules.RENAMED)."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source or 'config'} holds a {type(values).__name__}; expected {EXPECTED}")
     cfg = Config()

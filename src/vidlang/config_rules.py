@@ -1,8 +1,9 @@
 """Value checks by config key, checked after a config is loaded (a recipe, overrides, a checkpoint's
-config.yaml), and the keys a resumed run may change. Each refusal names the key."""
+config.yaml), the keys a resumed run may change, and the renamed keys of older layouts. Each refusal names the key."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from vidlang.errors import ConfigError
@@ -81,3 +82,42 @@ def check_flat_values(values: dict[str, Any], source: str = "", overridden: set[
     if values.get("train.steps") == 0 and not values.get("train.init_from"):
         raise ConfigError(f"config key 'train.steps' is 0: nothing to train (give train.init_from to only score "
                           f"those weights){where}")
+
+
+# Keys of the flat layout (before the per-task sections) and where they live now. Old recipes and
+# checkpoints load through this table; a recipe that uses an old key gets a warning naming the new one.
+RENAMED = {
+    "model.name": "task",
+    "mvgpt.decode": "decode.method",
+    "mvgpt.max_decode_len": "decode.max_len",
+    **{f"mvgpt.{k}": f"decode.{k}" for k in ("beam_size", "length_penalty", "no_repeat_ngram", "top_p", "temperature")},
+}
+RENAMED_SECTIONS = {"loss": "taco"}
+
+
+def migrate(values: dict[str, Any], source: str = "", warn: bool = True) -> dict[str, Any]:
+    """Move the keys of the flat layout to their sections (RENAMED); a key set twice is an error."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    moves = [(old, new) for old, new in RENAMED_SECTIONS.items() if isinstance(out.get(old), dict)]
+    for old, new in moves:
+        for key, value in out.pop(old).items():
+            _move(out, f"{old}.{key}", f"{new}.{key}", value, source, warn)
+    for old, new in RENAMED.items():
+        section, key = old.split(".")
+        if isinstance(out.get(section), dict) and key in out[section]:
+            _move(out, old, new, out[section].pop(key), source, warn)
+    return out
+
+
+def _move(out: dict, old: str, new: str, value: Any, source: str, warn: bool) -> None:
+    *parents, leaf = new.split(".")
+    node = out
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{part}' is a section")
+    if leaf in node:
+        raise ConfigError(f"{source or 'config'}: '{old}' and '{new}' are the same key ('{old}' is its old name); keep '{new}'")
+    node[leaf] = value
+    if warn:
+        warnings.warn(f"{source or 'config'}: config key '{old}' is now '{new}'", FutureWarning, stacklevel=3)

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vidlang import checkpoint as ckpt
 from vidlang import distributed
 from vidlang.config import Config, checkpoint_config, config_changes
-from vidlang.data.dataset import UniqueVideoBatchSampler, collate
+from vidlang.data.batches import BatchStream
 from vidlang.data.records import describe_skip
 from vidlang.errors import ConfigError
 from vidlang.io import atomic_write_text
@@ -66,51 +65,6 @@ def warmup_linear(warmup: int, total: int):
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return factor
-
-
-class BatchStream:
-    """An endless, resumable stream of unique-video batches: its position is (epoch, index).
-
-    Every rank draws the same global batches (same seed) and keeps its contiguous slice
-    ``shard_bounds(len(batch), world, rank)``, so the ranks' slices make up the one-process batch.
-    """
-
-    def __init__(self, dataset, batch_size: int, seed: int, num_workers: int = 0,
-                 rank: int = 0, world: int = 1, collate_fn: Callable = collate):
-        self.dataset, self.collate_fn = dataset, collate_fn
-        self.sampler = UniqueVideoBatchSampler(dataset, batch_size, drop_last=len(dataset.videos) > batch_size, seed=seed)
-        self.num_workers, self.rank, self.world = num_workers, rank, world
-        self.epoch, self.index = 0, 0
-        self._iter = None
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state(self, state: dict) -> None:
-        self.epoch, self.index, self._iter = state["epoch"], state["index"], None
-
-    def _start(self) -> None:
-        self.sampler.set_epoch(self.epoch)
-        batches = list(self.sampler)[self.index :]
-        if self.world > 1:
-            batches = [b[slice(*distributed.shard_bounds(len(b), self.world, self.rank))] for b in batches]
-        loader = DataLoader(  # its own generator: creating an iterator must not draw from the global RNG
-            self.dataset, batch_sampler=batches, collate_fn=self.collate_fn, num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.epoch),
-        )
-        self._iter = iter(loader)
-
-    def __next__(self):
-        if self._iter is None:
-            self._start()
-        try:
-            batch = next(self._iter)
-        except StopIteration:
-            self.epoch, self.index = self.epoch + 1, 0
-            self._start()
-            batch = next(self._iter)
-        self.index += 1
-        return batch
 
 
 def score_test_split(task: Task, exp: Experiment, cfg: Config, out_dir: Path, device, multi: bool) -> dict:

@@ -9,15 +9,13 @@ also names each skipped item).
 """
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import json
 import math
 import os
 import zipfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +23,12 @@ from vidlang.data.records import Clip, Skips, record_skip
 from vidlang.errors import ConfigError, DataError
 
 __all__ = [
-    "read_msrvtt", "read_id_list", "read_youcook2", "read_activitynet", "read_jsonl",
-    "read_annotations", "read_annotation_files", "read_id_sentences", "filter_clips", "MIN_SPLIT_MATCH",
+    "read_msrvtt", "read_youcook2", "read_activitynet", "read_jsonl", "read_annotations", "read_annotation_files",
 ]
 
 PathLike = str | os.PathLike
 # An id list must find at least this share of its ids (annotated, and in the feature store where one
 # is given), else it belongs to other annotations (e.g. MSR-VTT 1k-A test ids vs train_val only).
-MIN_SPLIT_MATCH = 0.5
 MSRVTT_SPLITS = ("train", "validate", "test")
 YOUCOOK2_SUBSETS = {"training": "training", "train": "training", "validation": "validation",
                     "val": "validation", "validate": "validation", "testing": "testing", "test": "testing"}
@@ -43,7 +39,7 @@ def read_text(path: Path) -> str:
     """Read a file (the single json inside a .zip, or a .gz) and decode it as UTF-8.
 
     Undecodable bytes become lone surrogates (``surrogateescape``) so that the record
-    holding them can be named later; :func:`_is_utf8` spots them.
+    holding them can be named later; :func:`is_utf8` spots them.
     """
     if not path.is_file():
         raise DataError(f"annotation file {path} does not exist")
@@ -65,7 +61,7 @@ def read_text(path: Path) -> str:
     return data.decode("utf-8", errors="surrogateescape")
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
         return True
@@ -113,7 +109,7 @@ class ClipMaker:
         if not caption:
             self.bad("empty_caption", f"video {video_id!r} has an empty caption", video_id)
             return None
-        if not _is_utf8(caption):
+        if not is_utf8(caption):
             self.bad("bad_utf8", f"video {video_id!r} has a caption that is not valid UTF-8: {caption!r}", video_id)
             return None
         return caption
@@ -138,7 +134,7 @@ class ClipMaker:
              split: str | None = None, duration: Any = None) -> Clip | None:
         """A validated Clip, or None (after raising or counting). ``duration``: the video's length in
         seconds when the annotation gives it; a segment ending after it is bad."""
-        if not isinstance(video_id, str) or not video_id.strip() or not _is_utf8(video_id):
+        if not isinstance(video_id, str) or not video_id.strip() or not is_utf8(video_id):
             self.bad("bad_video_id", f"bad video id {video_id!r}")
             return None
         text = self.caption(video_id, caption)
@@ -213,55 +209,6 @@ def _parse_msrvtt(data: Any, path: Path, split: str | None, skip_bad: bool,
 
 
 # ----------------------------------------------------------------------------- id lists
-def read_id_list(path: PathLike) -> list[str]:
-    """Video ids, one per line (blank lines and ``#`` comments ignored), or the ``video_id``
-    column of a CSV with a header (e.g. CLIP4Clip's ``MSRVTT_JSFUSION_test.csv``).
-
-    Duplicates are dropped, keeping first-appearance order.
-    """
-    path = Path(path)
-    text = read_text(path)
-    lines = [ln.strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not lines:
-        raise DataError(f"id list {path} is empty; expected one video id a line (or a CSV with a video_id column)")
-    if "," in lines[0]:  # CSV with a header row
-        reader = csv.DictReader(io.StringIO("\n".join(lines)))
-        if "video_id" not in (reader.fieldnames or []):
-            raise DataError(f"{path} looks like CSV but has no 'video_id' column: {reader.fieldnames}")
-        ids = [(row.get("video_id") or "").strip() for row in reader]
-        if any(not i for i in ids):
-            raise DataError(f"{path} has a row with an empty video_id (data row {ids.index('') + 1})")
-    else:
-        ids = lines
-    for n, vid in enumerate(ids, 1):
-        if not _is_utf8(vid):
-            raise DataError(f"{path}: id {n} ({vid!r}) is not valid UTF-8")
-    return list(dict.fromkeys(ids))
-
-
-def read_id_sentences(path: PathLike) -> dict[str, str] | None:
-    """``{video_id: sentence}`` from an id-list CSV with a ``sentence`` column (JSFusion's
-    ``MSRVTT_JSFUS_test.csv``: key, vid_key, video_id, sentence), or None when the file has none.
-    A video listed twice with different sentences is a DataError."""
-    path = Path(path)
-    lines = [ln for ln in (x.strip() for x in read_text(path).splitlines()) if ln and not ln.startswith("#")]
-    if not lines or "," not in lines[0]:
-        return None
-    reader = csv.DictReader(io.StringIO("\n".join(lines)))
-    if not {"video_id", "sentence"} <= set(reader.fieldnames or []):
-        return None
-    out: dict[str, str] = {}
-    for n, row in enumerate(reader, 1):
-        vid, sentence = (row.get("video_id") or "").strip(), (row.get("sentence") or "").strip()
-        if not vid or not sentence:
-            raise DataError(f"{path}: data row {n} has an empty video_id or sentence")
-        if out.setdefault(vid, sentence) != sentence:
-            raise DataError(f"{path}: video {vid!r} is listed with two sentences (data row {n})")
-    return out
-
-
-# ----------------------------------------------------------------------------- YouCook2
 def read_youcook2(path: PathLike, split: str | None = None, *, skip_bad: bool = False,
                   counter: Counter | None = None) -> list[Clip]:
     """YouCook2 ``youcookii_annotations_trainval.json``: one Clip per annotated segment.
@@ -337,27 +284,34 @@ def parse_activitynet(data: Any, path: Path, paragraph: bool, skip_bad: bool,
 
 
 # ----------------------------------------------------------------------------- JSON lines
-def read_jsonl(path: PathLike, *, skip_bad: bool = False, counter: Counter | None = None) -> list[Clip]:
-    """One JSON object per line: ``video_id``, ``caption``, optional ``start``, ``end``, ``split``."""
-    path = Path(path)
-    make = ClipMaker(path, skip_bad, counter)
-    clips: list[Clip] = []
+def jsonl_records(path: Path, make: ClipMaker, needs: tuple[str, ...]) -> Iterator[dict]:
+    """The JSON objects of a JSON-lines file, one a line (``make.line`` set to its number); a line that is
+    not an object holding every key of ``needs`` is named through ``make.bad`` (raised, or skipped)."""
     text = read_text(path)
     if not text.strip():
-        raise DataError(f"{path} is empty; expected one JSON object a line with 'video_id' and 'caption'")
+        raise DataError(f"{path} is empty; expected one JSON object a line with {', '.join(map(repr, needs))}")
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         make.line = n
         try:
             rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-            if "video_id" not in rec or "caption" not in rec:
-                raise ValueError("needs 'video_id' and 'caption'")
         except ValueError as e:
             make.bad("bad_line", str(e))
             continue
+        missing = [k for k in needs if k not in rec] if isinstance(rec, dict) else list(needs)
+        if missing:
+            make.bad("bad_line", f"needs a JSON object with {', '.join(map(repr, needs))} (missing {missing})")
+            continue
+        yield rec
+
+
+def read_jsonl(path: PathLike, *, skip_bad: bool = False, counter: Counter | None = None) -> list[Clip]:
+    """One JSON object per line: ``video_id``, ``caption``, optional ``start``, ``end``, ``split``."""
+    path = Path(path)
+    make = ClipMaker(path, skip_bad, counter)
+    clips: list[Clip] = []
+    for rec in jsonl_records(path, make, ("video_id", "caption")):
         split = rec.get("split")
         clip = make.clip(rec["video_id"], rec["caption"], rec.get("start"), rec.get("end"),
                          split if isinstance(split, str) else None)
@@ -419,22 +373,3 @@ def read_annotation_files(spec: PathLike, **kw: Any) -> list[Clip]:
                 raise DataError(f"video {vid!r} is annotated in both {owner[vid]} and {path}")
         clips.extend(part)
     return clips
-
-
-def filter_clips(clips: Iterable[Clip], ids: Iterable[str], split: str | None = None,
-                 min_match: float = MIN_SPLIT_MATCH) -> list[Clip]:
-    """Keep the clips whose video_id is in ``ids``, in their original order.
-
-    When fewer than ``min_match`` of the (non-empty) ``ids`` have a clip, the list does not belong to
-    these annotations: ConfigError naming ``split`` (the id-list file) and the counts. ``min_match=0``
-    turns the check off.
-    """
-    clips, keep = list(clips), set(ids)
-    out = [c for c in clips if c.video_id in keep]
-    if keep:
-        matched = len(keep & {c.video_id for c in out})
-        if min_match > 0 and (matched == 0 or matched < len(keep) * min_match):
-            raise ConfigError(
-                f"split {split or '(id list)'}: only {matched} of its {len(keep)} listed video ids are in the "
-                f"annotations (need at least {min_match:.0%}); is it the split of another annotation file?")
-    return out

@@ -277,3 +277,28 @@ class UniqueVideoBatchSampler(Sampler[list[int]]):
         chosen = [self.groups[v][picks[v] % len(self.groups[v])] for v in order]
         for k in range(len(self)):
             yield chosen[k * self.batch_size:(k + 1) * self.batch_size]
+
+
+class PerVideoDataset(torch.utils.data.Dataset):
+    """Items of whole videos (one per video), for task heads: subclasses add the labels in ``item``.
+    ``max_frames``: sample at most this many frames (0: every frame)."""
+
+    def __init__(self, video_ids: list[str], store: FeatureStore, max_frames: int = 0):
+        self.videos, self.store, self.max_frames = video_ids, store, max_frames
+        self.clip_video = list(range(len(video_ids)))  # one item per video (for the batch sampler)
+        self.clips: list[Clip] = []
+        self.skipped = Skips()
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def features(self, i: int) -> torch.Tensor:
+        arr = self.store[self.videos[i]]
+        arr = sample_frames(arr, self.max_frames) if self.max_frames else arr
+        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+    def item(self, video_id: str) -> dict:
+        return {}
+
+    def __getitem__(self, i: int) -> dict:
+        return {"video": self.features(i), "video_id": self.videos[i], **self.item(self.videos[i])}

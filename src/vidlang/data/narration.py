@@ -21,7 +21,6 @@ all of a key's captions (MSR-VTT: the 20 captions of a video).
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from collections import Counter
@@ -37,7 +36,7 @@ from vidlang.data.annotations import (
     load_json,
     parse_activitynet,
     parse_youcook2,
-    read_text,
+    jsonl_records,
 )
 from vidlang.data.dataset import (
     VideoTextDataset,
@@ -125,20 +124,9 @@ def read_transcript_jsonl(path: PathLike, *, skip_bad: bool = False, counter: Co
     path = Path(path)
     make = ClipMaker(path, skip_bad, counter)
     streams: Streams = {}
-    text = read_text(path)
-    if not text.strip():
-        raise DataError(f"{path} is empty; expected one JSON object a line with 'video_id', 'text', 'start', 'end'")
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        make.line = n
-        try:
-            rec = json.loads(line)
-        except ValueError as e:
-            make.bad("bad_line", str(e))
-            continue
-        if not isinstance(rec, dict) or "video_id" not in rec or not ({"text", "caption"} & set(rec)):
-            make.bad("bad_line", "needs an object with 'video_id' and 'text' (or 'caption')")
+    for rec in jsonl_records(path, make, ("video_id",)):
+        if not ({"text", "caption"} & set(rec)):
+            make.bad("bad_line", "needs 'text' (or 'caption') beside 'video_id'")
             continue
         _add(streams, make, rec["video_id"], rec.get("text", rec.get("caption")), rec.get("start"), rec.get("end"))
     return _sorted(streams)

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vidlang import distributed
+from vidlang.data.batches import EpochStream
 from vidlang.data.dataset import encode_caption, pad_videos, sample_frames
 from vidlang.data.records import TensorBatch
 from vidlang.data.shards import ShardedStore
@@ -103,7 +104,7 @@ class ShardDataset(IterableDataset):
                 yield self.transform(self.store.read(*plan.locate(p)))
 
 
-class ShardStream:
+class ShardStream(EpochStream):
     """An endless, resumable stream of batches from a sharded store, like ``train.BatchStream``:
     ``next(stream)``, ``state()`` = {epoch, index (batches done in the epoch), ...}, ``load_state()``.
     ``batch_size`` is the global batch; rank r gets ``shard_bounds(batch_size, world, r)`` of it.
@@ -144,23 +145,6 @@ class ShardStream:
         self.dataset.epoch, self.dataset.start = self.epoch, self.index
         self._iter = iter(DataLoader(self.dataset, batch_size=self.dataset.local_batch, collate_fn=self.collate_fn,
                                      num_workers=self.num_workers))
-
-    def __next__(self):
-        if self._iter is None:
-            self._start()
-        try:
-            batch = next(self._iter)
-        except StopIteration:
-            self.epoch, self.index = self.epoch + 1, 0
-            self._start()
-            batch = next(self._iter)
-        self.index += 1
-        return batch
-
-    next = __next__
-
-    def __iter__(self):
-        return self
 
     def close(self) -> None:
         """Stop the DataLoader workers (a later ``next`` starts them again at the same position)."""

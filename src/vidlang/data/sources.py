@@ -33,13 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from vidlang.config import DataConfig
-from vidlang.data.annotations import (
-    MIN_SPLIT_MATCH,
-    filter_clips,
-    read_annotation_files,
-    read_id_list,
-    read_id_sentences,
-)
+from vidlang.data.annotations import read_annotation_files
+from vidlang.data.idlists import MIN_SPLIT_MATCH, filter_clips, read_id_list, read_id_sentences
 from vidlang.data.features import FeatureStore, open_store
 from vidlang.data.narration import Streams, attach_transcripts, read_transcripts
 from vidlang.data.records import Clip, Skips, named_skips

@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from vidlang import checkpoint as ckpt
 from vidlang.config import Config
-from vidlang.data.dataset import pad_videos, sample_frames
+from vidlang.data.dataset import PerVideoDataset, pad_videos
 from vidlang.data.labels import read_labels
 from vidlang.data.records import TensorBatch
 from vidlang.data.sources import open_source, split_clips
@@ -33,24 +32,18 @@ class LabelBatch(TensorBatch):
     video_ids: list[str] = field(default_factory=list)
 
 
-class LabelledVideos(torch.utils.data.Dataset):
+class LabelledVideos(PerVideoDataset):
     """One item per video: its (T, D) features and its class index."""
 
     def __init__(self, video_ids: list[str], store, labels: dict[str, int], max_frames: int):
         missing = [v for v in video_ids if v not in labels]
         if missing:
             raise DataError(f"{len(missing)} videos have no label in probe.labels (e.g. {', '.join(missing[:3])})")
-        self.videos, self.store, self.labels, self.max_frames = video_ids, store, labels, max_frames
-        self.clip_video = list(range(len(video_ids)))  # one item per video (for the batch sampler)
-        self.clips, self.skipped = [], Counter()
+        super().__init__(video_ids, store, max_frames)
+        self.labels = labels
 
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, i: int) -> dict:
-        vid = self.videos[i]
-        video = torch.from_numpy(np.ascontiguousarray(sample_frames(self.store[vid], self.max_frames), dtype=np.float32))
-        return {"video": video, "label": self.labels[vid], "video_id": vid}
+    def item(self, video_id: str) -> dict:
+        return {"label": self.labels[video_id]}
 
 
 def collate_labels(items: list[dict]) -> LabelBatch:

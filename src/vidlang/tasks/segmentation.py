@@ -10,7 +10,6 @@ without background, and the majority-class accuracy (the majority chosen on the 
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from vidlang import checkpoint as ckpt
 from vidlang.config import Config
-from vidlang.data.dataset import pad_videos
+from vidlang.data.dataset import PerVideoDataset, pad_videos
 from vidlang.data.features import open_store
 from vidlang.data.records import TensorBatch
 from vidlang.data.sources import Source, select_split, split_clips
@@ -45,22 +44,16 @@ class FrameBatch(TensorBatch):
     video_ids: list[str] = field(default_factory=list)
 
 
-class FrameLabelledVideos(torch.utils.data.Dataset):
+class FrameLabelledVideos(PerVideoDataset):
     """One item per video: all its (T, D) feature frames and its (T,) frame labels."""
 
     def __init__(self, video_ids: list[str], store, world: StepWorld):
         check_lengths(world, store, video_ids)
-        self.videos, self.store, self.world = video_ids, store, world
-        self.clip_video = list(range(len(video_ids)))  # one item per video (for the batch sampler)
-        self.clips, self.skipped = [], Counter()
+        super().__init__(video_ids, store)
+        self.world = world
 
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, i: int) -> dict:
-        vid = self.videos[i]
-        video = torch.from_numpy(np.ascontiguousarray(self.store[vid], dtype=np.float32))
-        return {"video": video, "labels": torch.from_numpy(self.world.videos[vid].labels), "video_id": vid}
+    def item(self, video_id: str) -> dict:
+        return {"labels": torch.from_numpy(self.world.videos[video_id].labels)}
 
 
 def collate_frames(items: list[dict]) -> FrameBatch:

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vidlang.data.annotations import filter_clips, read_id_list, read_jsonl
+from vidlang.data.annotations import read_jsonl
+from vidlang.data.idlists import filter_clips, read_id_list
 from vidlang.data.narration import (
     Streams,
     attach_transcripts,

@@ -388,8 +388,7 @@ def write_world(out_dir: Path, cfg: WorldConfig, val_fraction: float = 0.2, vide
     (out_dir / "video_ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
     for name, want in (("train_ids.txt", "train"), ("val_ids.txt", "validate")):
         (out_dir / name).write_text("".join(v + "\n" for v in ids if split[v] == want), encoding="utf-8")
-    ann = {c.video_id: {"split": split[c.video_id], "captions": c.captions, "attributes": c.attributes}
-           for c in clips}
+    ann = {c.video_id: {"split": split[c.video_id], "captions": c.captions, "attributes": c.attributes} for c in clips}
     (out_dir / "annotations.json").write_text(json.dumps(ann, indent=1), encoding="utf-8")
     meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return out_dir
