@@ -221,7 +221,7 @@ def _version() -> str:
 
 
 _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"],
+    "type": "object", "required": ["file"], "maxProperties": 5,  # the file and at most 4 other parts (else 400)
     "properties": {"file": {"type": "string", "format": "binary", "description": "a short mp4/mov/WebM video"}}}}}}}
 
 
