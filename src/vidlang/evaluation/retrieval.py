@@ -72,6 +72,10 @@ def similarity(model, dataset: VideoTextDataset, cfg: EvalConfig, batch_size: in
     shard = world > 1 and min(len(representative), len(texts_all)) >= world  # tiny sets: every rank does it all
     part = (lambda items: items[slice(*dist.shard_bounds(len(items), world, dist.rank()))]) if shard else (lambda x: x)
     videos = encode_videos(model, _batches(dataset, part(representative), batch_size, device, ("video", "video_mask")))
+    warm = getattr(getattr(model, "text", None), "warm_cache", None)
+    if warm is not None:  # a frozen text encoder: every query at batched speed
+        sequences = dataset.token_sequences()
+        warm([sequences[i] for i in part(texts_all)])
     texts = encode_texts(
         model,
         _batches(dataset, part(texts_all), batch_size, device, ("input_ids", "attention_mask", "token_weights")),

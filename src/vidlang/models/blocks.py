@@ -4,6 +4,7 @@ TACo (``taco.py``) and MV-GPT (``mvgpt.py``) are assembled from these.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,8 +72,9 @@ class TextEncoder(nn.Module):
 
     ``trainable_layers``: -1 fine-tunes everything (the paper); 0 freezes the encoder,
     whose outputs are then cached per token sequence (exact: frozen means eval mode);
-    N > 0 fine-tunes only the top N layers. Cached outputs are computed one caption at a time, unpadded,
-    so they do not depend on batching (a resumed run refills the cache bit for bit). The pooled output is the ``[CLS]`` token (TACo's ȳ).
+    N > 0 fine-tunes only the top N layers. Cached outputs never depend on the batch that first met a
+    caption: a task warms the cache with all its captions in one canonical batching (:meth:`warm_cache`),
+    and a caption met later is computed alone, unpadded (a resumed run refills the cache bit for bit). The pooled output is the ``[CLS]`` token (TACo's ȳ).
     """
 
     def __init__(self, name_or_path: str, width: int | None, trainable_layers: int = -1, config_only: bool = False,
@@ -130,27 +132,64 @@ class TextEncoder(nn.Module):
             return self._top_layers(input_ids, attention_mask)
         if not self.frozen:
             return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self._cached(input_ids, attention_mask, self._cache, lambda ids, mask: self.bert(
-            input_ids=ids, attention_mask=mask).last_hidden_state)
+        return self._cached(input_ids, attention_mask, *self._frozen_part())
 
-    def _top_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Only the top ``trainable_layers`` layers run; the frozen layers below them run once per
-        token sequence in eval mode (no dropout) and their output is cached."""
+    def _frozen_part(self):
+        """(cache, compute) of what is cached: the whole frozen encoder, or the frozen layers below
+        the top ``trainable_layers`` (run in eval mode: no dropout); None when nothing is cached."""
+        if self.frozen:
+            return self._cache, lambda ids, mask: self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        if not (self.cache_frozen_layers and self.trainable_layers > 0):
+            return None
         n_frozen = self.bert.config.num_hidden_layers - self.trainable_layers
 
-        def frozen_part(ids, mask):
+        def lower_layers(ids, mask):
             was = self.bert.training
             self.bert.eval()
             hidden = self.bert(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[n_frozen]
             self.bert.train(was)
             return hidden
 
-        x = self._cached(input_ids, attention_mask, self._lower_cache, frozen_part)
+        return self._lower_cache, lower_layers
+
+    def _top_layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Only the top ``trainable_layers`` layers run, on the cached output of the frozen ones."""
+        x = self._cached(input_ids, attention_mask, *self._frozen_part())
         additive = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
-        for layer in self.bert.encoder.layer[n_frozen:]:
+        for layer in self.bert.encoder.layer[self.bert.config.num_hidden_layers - self.trainable_layers:]:
             out = layer(x, attention_mask=additive)
             x = out[0] if isinstance(out, tuple) else out
         return x * attention_mask[..., None].to(x.dtype)
+
+    def warm_cache(self, sequences: Iterable[Sequence[int]], batch_size: int = 128) -> int:
+        """Compute the cached outputs of these token sequences (unpadded) in one canonical batching:
+        equal-length sequences together (no padding), sorted, in chunks of ``batch_size``. A
+        sequence's output then depends only on the whole set, so a resumed run that warms with
+        the same set refills the cache bit for bit, at batched speed (sequences met later are
+        computed alone). Returns how many were computed; a no-op when nothing is cached."""
+        part = self._frozen_part()
+        if part is None:
+            return 0
+        cache, compute = part
+        by_length: dict[int, list[tuple[int, ...]]] = {}
+        for seq in {tuple(int(t) for t in s) for s in sequences if len(s)}:
+            by_length.setdefault(len(seq), []).append(seq)
+        computed = 0
+        device = next(self.bert.parameters()).device
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            for length in sorted(by_length):
+                group = sorted(by_length[length])
+                for a in range(0, len(group), batch_size):
+                    chunk = group[a:a + batch_size]
+                    if all(cache.get(k) is not None for k in chunk):
+                        continue
+                    ids = torch.tensor(chunk, dtype=torch.long, device=device)
+                    hidden = compute(ids, torch.ones_like(ids))
+                    for k, row in zip(chunk, hidden):
+                        if cache.get(k) is None:
+                            cache[k] = row.detach().clone()
+                            computed += 1
+        return computed
 
     def _cached(self, input_ids, attention_mask, cache: dict, compute) -> torch.Tensor:
         lengths = attention_mask.sum(1).tolist()

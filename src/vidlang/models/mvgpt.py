@@ -164,6 +164,17 @@ class MVGPT(nn.Module):
         """Decoder input ([BOSx] w_1 .. w_n) and labels (w_1 .. w_n [SEP]) of '[CLS] w_1 .. w_n [SEP]'."""
         return _with_first(ids[:, :-1], self.ids[bos]), ids[:, 1:], mask[:, 1:]
 
+    def warm_text_cache(self, transcripts: list[list[int]], targets: list[list[int]]) -> int:
+        """Fill a frozen text encoder's cache with the encoder inputs these texts give ([CLS1] +
+        transcript; in pretraining with BG also [CLS2] + target) in one canonical batching
+        (TextEncoder.warm_cache). Masked (MLM) inputs are never cached: nothing to warm then."""
+        if self.parts & {"mlm_d", "mlm_e"}:
+            return 0
+        inputs = [[self.ids["cls1"], *t[1:]] for t in transcripts]
+        if "bg" in self.parts:
+            inputs += [[self.ids["cls2"], *t[1:]] for t in targets]
+        return self.text.warm_cache(inputs)
+
     def pretrained_text_parameters(self):
         """The pretrained text encoder's weights (the optimizer gives them ``train.text_lr``)."""
         return self.text.bert.parameters()

@@ -49,6 +49,8 @@ def build_caption_experiment(cfg: Config) -> Experiment:
     test_set = caption_dataset(splits.test, source.store, tokenizer, cfg, cfg.data.skip_bad) if splits.test else None
     torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
     model = MVGPT(cfg, source.store.dim)
+    sets = [d for d in (train_set, val_set, test_set) if d is not None]
+    model.warm_text_cache([t for d in sets for t in d.transcripts], [t for d in sets for t in d.targets])
     manifest = experiment_manifest(source, splits, train_set, val_set, test_set)
     manifest["text_counts"] = {"train": dict(train_set.counts), "validation": dict(val_set.counts) if val_set else {}}
     meta = {}

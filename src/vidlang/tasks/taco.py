@@ -30,6 +30,7 @@ def build_experiment(cfg: Config) -> Experiment:
     test_set = VideoTextDataset(splits.test, source.store, tokenizer, token_weighter=weighter, **common) if splits.test else None
     torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
     model = TACo(cfg.model, source.store.dim)
+    model.text.warm_cache([ids for d in (train_set, val_set, test_set) if d is not None for ids in d.token_sequences()])
     manifest = experiment_manifest(source, splits, train_set, val_set, test_set)
     return Experiment(cfg, train_set, val_set, model, manifest, collate=collate,
                       meta={"token_weighter": weighter.state_dict()},
