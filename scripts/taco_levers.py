@@ -85,7 +85,7 @@ def run_one(name: str, seed: int, data: str, overrides: list[str]) -> None:
     results = score_all(sims, parts, text_to_video)
     wall = time.perf_counter() - tic
     write_result_json(OUT / f"{name}-seed{seed}.json", results["trained"], split="msrvtt-ae128-dev video700-799",
-                      scoring="+".join(parts), config=cfg.to_dict(),
+                      scoring="+".join(parts), protocol="all-captions", config=cfg.to_dict(),
                       extra={"name": name, "seed": seed, "overrides": overrides, "train_seconds": train_s,
                              "wall_seconds": wall, "best_step": summary["best"]["step"], "scorings": results,
                              "qbnorm": {"bank": f"{BANK} training captions (rng 0)", "betas_in_bank_std": BETAS,
@@ -123,6 +123,23 @@ def report() -> str:
     return table
 
 
+def paired(a: str, b: str, key: str = "t2v_R@1") -> str:
+    """Per-seed difference b - a of ``key`` over the seeds both probes ran (a paired comparison)."""
+    runs = {}
+    for name in (a, b):
+        for file in OUT.glob(f"{name}-seed*.json"):
+            d = json.loads(file.read_text())
+            if d["extra"]["name"] == name:
+                runs.setdefault(name, {})[d["extra"]["seed"]] = d["metrics"][key]
+    seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+    if not seeds:
+        return f"{b} - {a}: no common seeds"
+    diff = np.array([runs[b][s] - runs[a][s] for s in seeds])
+    return (f"{b} - {a} ({key}, seeds {','.join(map(str, seeds))}): {diff.mean():+.2f} ± {diff.std(ddof=1) if len(diff) > 1 else 0:.2f}"
+            f" (per seed {' '.join(f'{d:+.1f}' for d in diff)}; {a} {np.mean([runs[a][s] for s in seeds]):.2f},"
+            f" {b} {np.mean([runs[b][s] for s in seeds]):.2f})")
+
+
 def pop_line(queue: Path) -> str | None:
     import fcntl
 
@@ -143,9 +160,13 @@ def main() -> None:
     ap.add_argument("--name", help="probe name (result file prefix)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--paired", nargs=2, metavar=("A", "B"), help="per-seed t2v R@1 difference B - A")
     ap.add_argument("--queue", type=Path, help="run 'NAME overrides...' lines popped from this file until it is empty")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
     args = ap.parse_args()
+    if args.paired:
+        print(paired(*args.paired))
+        return
     if args.queue:  # one process for many probes: the text encoder's cache is shared in memory
         while (line := pop_line(args.queue)) is not None:
             name, *overrides = line.split()
