@@ -58,6 +58,10 @@ def default_plan(passes: int) -> str:
     return ",".join(items)
 
 
+def label_of(side: str, kind: str, opts: dict) -> str:
+    return f"{side}:{kind}" + (":" + "/".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
+
+
 def parse_plan(plan: str) -> list[tuple[str, str, dict]]:
     jobs = []
     for item in [x for x in plan.split(",") if x]:
@@ -326,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 pass, 1+1 steps, small size, no waiting")
     ap.add_argument("--note", action="append", default=[], help="a note for the results file (repeatable)")
     ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results[/quick]/side_by_side.json)")
+    ap.add_argument("--from-jsonl", type=Path, help="write the results file from the JSON lines an earlier (e.g. "
+                    "interrupted) run printed, instead of running; --plan/--quick/--note describe that run")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -346,11 +352,17 @@ def main(argv: list[str] | None = None) -> int:
 
     env_stamp = {**common.environment("cpu", a.threads), "cpu_bf16_flags": machine.cpu_bf16_flags(),
                  "univl_src": a.univl_src, "univl_commit": a.univl_commit}
+    if a.from_jsonl:
+        records = [json.loads(line) for line in a.from_jsonl.read_text().splitlines() if line.startswith("{")]
+        done = [r["plan_item"] for r in records]
+        missing = [label_of(*job) for job in jobs][len(done):]
+        env_stamp["note"] = f"summarized from {a.from_jsonl.name}: the environment is the summary's, not the run's"
+        return write_results(a, argv, plan, env_stamp, records, time.time(), missing)
     child_env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                      PYTHONPATH=os.pathsep.join([str(common.REPO / "src"), str(HERE), os.environ.get("PYTHONPATH", "")]))
     records, tic, p, seen = [], time.time(), 0, set()
     for side, kind, opts in jobs:
-        label = f"{side}:{kind}" + (":" + "/".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
+        label = label_of(side, kind, opts)
         if side != "mm" and label in seen:  # the plan repeats: a new pass
             p, seen = p + 1, set()
         seen.add(label)
@@ -370,14 +382,22 @@ def main(argv: list[str] | None = None) -> int:
         rec.setdefault("threads", job["threads"])
         records.append(rec)
         print(json.dumps(rec), flush=True)
+    return write_results(a, argv, plan, env_stamp, records, tic, [])
+
+
+def write_results(a, argv, plan: str, env_stamp: dict, records: list[dict], tic: float, missing: list[str]) -> int:
+    import common
+
     peaks = add_mfu(records)
     notes = list(a.note)
+    if missing:
+        notes.insert(0, f"INCOMPLETE: the run was stopped before these plan items ran: {', '.join(missing)}.")
     if a.quick:
         notes.insert(0, "SMOKE RUN (--quick): 1 pass, 1 warm-up + 1 timed step, the small size, no waiting for a "
                         "quiet machine and no discarding of disturbed steps. It shows the driver works; its times "
                         "are not speed measurements and no comparison may be drawn from them.")
     payload = {"benchmark": "side_by_side", "title": "vidlang vs microsoft/UniVL, training steps side by side",
-               "smoke": a.quick, "command": " ".join(["benchmarks/bench_side_by_side.py", *(argv or sys.argv[1:])]),
+               "smoke": a.quick, "complete": not missing, "command": " ".join(["benchmarks/bench_side_by_side.py", *(argv or sys.argv[1:])]),
                "plan": plan, "env": env_stamp, "loadavg_after": common.load(), "wall_s": round(time.time() - tic, 1),
                "matmul_peaks": peaks, "ratios": ratios(records), "tables": [table(records)], "notes": notes,
                "records": records}

@@ -3,7 +3,7 @@
     PYTHONPATH=src .venv/bin/python benchmarks/profile_taco_batch.py [--batches 16 32] [--steps 2] [--threads 1]
 
 The model is bench_side_by_side.py's ``taco`` step (UniVL's fine-tuning layer counts, 32 words, 48 frames
-of 1024-d, cascade negatives). For each batch size, in this one process: one warm-up step, then
+of 1024-d, cascade negatives; ``--size small`` halves the width and the text depth). For each batch size, in this one process: one warm-up step, then
 ``--steps`` steps under torch.profiler (CPU), with the phases (forward, backward, optimizer) and the
 forward of each encoder (text, video, fusion; forward hooks) timed apart. It writes the ops by self CPU
 time and, for the largest batch over the smallest, each op's share of the extra time.
@@ -37,10 +37,10 @@ def module_timers(net) -> dict[str, float]:
     return spent
 
 
-def profile_batch(batch: int, steps: int, words: int, frames: int, dim: int) -> dict:
+def profile_batch(batch: int, steps: int, words: int, frames: int, dim: int, size: str = "paper") -> dict:
     from vidlang.train import make_optimizer
 
-    net, cfg, loss_fn, make = build_vidlang("taco", "paper", words, frames, dim)
+    net, cfg, loss_fn, make = build_vidlang("taco", size, words, frames, dim)
     net.train()
     optimizer = make_optimizer(net, cfg.train)
     data = make(batch, frames, words, dim, seed=0)
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--size", choices=["paper", "small"], default="paper", help="bench_side_by_side.SIZES")
     ap.add_argument("--words", type=int, default=32)
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--out", type=Path, default=common.RESULTS / "profile_taco_batch.json")
@@ -105,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for b in a.batches:
             common.log(f"[profile_taco_batch] B={b} ...")
-            results.append(profile_batch(b, a.steps, a.words, a.frames, 1024))
+            results.append(profile_batch(b, a.steps, a.words, a.frames, 1024, a.size))
             common.log(f"  step {results[-1]['step_s']:.1f} s, phases {results[-1]['phases_s']}")
     small, large = results[0], results[-1]
-    payload = {"benchmark": "profile_taco_batch", "command": " ".join(["benchmarks/profile_taco_batch.py", *(argv or sys.argv[1:])]),
+    payload = {"benchmark": "profile_taco_batch", "size": a.size, "command": " ".join(["benchmarks/profile_taco_batch.py", *(argv or sys.argv[1:])]),
                "env": env, "loadavg_after": common.load(), "results": [{**r, "ops": dict(list(r["ops"].items())[:25])}
                                                                       for r in results],
                "large_over_small": {"step": large["step_s"] / small["step_s"],
