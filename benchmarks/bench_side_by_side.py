@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import _machine as machine  # noqa: E402
+import _machine as machine
 
 SIZES = {  # UniVL's fine-tuning layer counts; "small" halves the width and the text depth
     "paper": dict(hidden=768, heads=12, text_layers=12, video_layers=6, fusion_layers=2, decoder_layers=3),
@@ -132,9 +132,8 @@ def bert_dir_for(size: str, tmp: str) -> str:
 
 def build_vidlang(kind: str, size: str, words: int, frames: int, video_dim: int):
     """(model, config, loss_fn(batch, generator), batches) for a vidlang step of ``kind``."""
-    import torch
-
     import setups
+    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = vidlang_config(kind, size, words, frames, bert_dir_for(size, tmp))
@@ -211,9 +210,8 @@ def child_vidlang(job: dict) -> dict:
 
 def child_bench(job: dict) -> dict:
     """vidlang's own bench_train.train_case (its paper setup), with its BERT config in a temp folder."""
-    import common
-
     import bench_train
+    import common
 
     orig, tmp = common.bert_base_dir, tempfile.mkdtemp(prefix="vl-bench-bert-")
     common.bert_base_dir = lambda root=None: orig(Path(tmp) / "bert")
@@ -370,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         machine.log(f"[side_by_side] pass {p}: {label}  (t+{time.time() - tic:.0f} s)")
         busy = machine.wait_idle(a.wait_idle_s)
         la0, w0 = os.getloadavg(), time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--_child", json.dumps(job)], stdout=subprocess.PIPE,
+        proc = subprocess.run([sys.executable, __file__, "--_child", json.dumps(job)], stdout=subprocess.PIPE, check=False,
                               text=True, env=dict(child_env, OMP_NUM_THREADS=str(job["threads"]),
                                                   MKL_NUM_THREADS=str(job["threads"])))
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

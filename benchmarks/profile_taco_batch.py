@@ -19,11 +19,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
-
-import common  # noqa: E402
-from bench_side_by_side import build_vidlang  # noqa: E402
+import common
+import torch
+from bench_side_by_side import build_vidlang
+from torch.profiler import ProfilerActivity, profile, record_function
 
 
 def module_timers(net) -> dict[str, float]:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_config
+from test_train import assert_same_weights, weights
+
 from vidlang import checkpoint as ckpt
 from vidlang.config import load_config
 from vidlang.data.features import open_store
@@ -18,7 +19,6 @@ from vidlang.data.shards import write_shards
 from vidlang.errors import ConfigError
 from vidlang.tasks.taco import build_experiment
 from vidlang.train import train
-from test_train import assert_same_weights, weights
 
 MVGPT_TINY = ["task=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2", "model.fusion_layers=1",
               "model.text_trainable_layers=0", "model.dropout=0", "mvgpt.decoder_layers=1", "mvgpt.decoder_heads=2",
