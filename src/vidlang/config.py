@@ -41,6 +41,8 @@ class DataConfig:
     allow_pickle: bool = False
     skip_bad: bool = False  # skip and count bad items instead of raising
     num_workers: int = 0
+    shards: str = ""  # a `vidlang shard` store to stream the training clips from (data/shard_stream.py); the
+    # annotated train split still fits the tokenizer statistics, validation stays on the val split
 
 
 @dataclass

@@ -185,7 +185,7 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     if main and skipped:
         print(f"skipped {len(skipped)} bad items (data.skip_bad; all named in summary.json and meta.json):")
         print("".join(f"  {describe_skip(i)}\n" for i in skipped[:20]), end="")
-    if multi and min(t_cfg.batch_size, len(exp.train_set.videos)) < world:
+    if multi and exp.train_stream is None and min(t_cfg.batch_size, len(exp.train_set.videos)) < world:
         raise ConfigError(f"train.batch_size={t_cfg.batch_size} and {len(exp.train_set.videos)} training videos "
                           f"must each be at least the number of processes ({world})")
     if multi and rank > 0:
@@ -195,7 +195,10 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     optimizer = make_optimizer(model, t_cfg)
     schedule = warmup_linear(t_cfg.warmup_steps, t_cfg.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    stream = BatchStream(exp.train_set, t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers, rank, world, exp.collate)
+    if exp.train_stream is not None:  # the task streams its training batches itself (e.g. data.shards)
+        stream = exp.train_stream(t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers, rank, world)
+    else:
+        stream = BatchStream(exp.train_set, t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers, rank, world, exp.collate)
     negatives_rng = torch.Generator().manual_seed(t_cfg.seed + 1)  # the same on every rank
     step, best, history, counts = 0, {"metric": None, "step": None}, [], Counter()
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -83,6 +83,8 @@ class Batch(TensorBatch):
     token_weights:  (B, L) float, normalised IDF weight of each token of interest
                     (each row sums to 1, or is all zero when the caption has none)
     video_ids:      the B video ids; ``clip_index`` indexes the dataset's clip list
+    duplicates_dropped: clips dropped from this batch because their video was already in it
+                    (a sharded stream has no unique-video sampler: shard_stream.UniqueVideos)
     """
 
     video: torch.Tensor
@@ -92,6 +94,7 @@ class Batch(TensorBatch):
     token_weights: torch.Tensor
     video_ids: list[str] = field(default_factory=list)
     clip_index: torch.Tensor | None = None
+    duplicates_dropped: int = 0
 
 
 

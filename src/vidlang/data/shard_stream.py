@@ -36,7 +36,7 @@ from vidlang.data.shards import ShardedStore
 from vidlang.errors import ConfigError, DataError
 
 __all__ = ["EpochPlan", "ShardDataset", "ShardStream", "ClipBatch", "clip_item", "collate_clips",
-           "caption_transform", "video_text_transform"]
+           "UniqueVideos", "caption_transform", "video_text_transform"]
 
 
 class EpochPlan:
@@ -143,8 +143,10 @@ class ShardStream(EpochStream):
         if self.index >= self.dataset.num_batches(self.epoch):  # saved at an epoch's very end
             self.epoch, self.index = self.epoch + 1, 0
         self.dataset.epoch, self.dataset.start = self.epoch, self.index
+        # its own generator: starting an iterator must not draw from the global RNG (dropout), or a resumed
+        # run, which starts it at another step, would diverge from the uninterrupted one
         self._iter = iter(DataLoader(self.dataset, batch_size=self.dataset.local_batch, collate_fn=self.collate_fn,
-                                     num_workers=self.num_workers))
+                                     num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.epoch)))
 
     def close(self) -> None:
         """Stop the DataLoader workers (a later ``next`` starts them again at the same position)."""
@@ -181,6 +183,22 @@ def collate_clips(items: list[dict]) -> ClipBatch:
     return ClipBatch(video, video_mask, torch.tensor([it["clip_index"] for it in items], dtype=torch.long),
                      [it["video_id"] for it in items], [it["key"] for it in items],
                      [it["caption"] for it in items], [it["transcript"] for it in items])
+
+
+class UniqueVideos:
+    """A collate for contrastive batches from a stream, which has no unique-video sampler: a video's
+    first clip in the batch is kept and its later clips are dropped (another clip of the same video
+    would be a false negative). The batch's ``duplicates_dropped`` counts them."""
+
+    def __init__(self, collate_fn: Callable[[list[dict]], Any]):
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[dict]) -> Any:
+        seen: set[str] = set()
+        kept = [it for it in items if not (it["video_id"] in seen or seen.add(it["video_id"]))]
+        batch = self.collate_fn(kept)
+        batch.duplicates_dropped = len(items) - len(kept)
+        return batch
 
 
 def _ids(tokenizer: Any, text: str, limit: int) -> list[int]:

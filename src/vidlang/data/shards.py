@@ -273,6 +273,18 @@ class ShardedStore:
             for i in range(self.shards[k]["clips"]):
                 yield self.read(k, i)
 
+    def video_ids(self) -> set[str]:
+        """Every record's ``video_id``, read from the shards' jsonl only (no features)."""
+        ids: set[str] = set()
+        for k in range(self.num_shards):
+            shard = self.shard(k)
+            for i, line in enumerate(bytes(shard.text).splitlines()):
+                try:
+                    ids.add(str(json.loads(line)["video_id"]))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise DataError(f"shard {shard.files['jsonl']}, entry {i} (line {i + 1}): bad record: {e!r}") from e
+        return ids
+
     def verify(self) -> int:
         """Read every entry (raises DataError at the first bad one); returns the number of clips."""
         return sum(1 for _ in self)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -29,6 +30,9 @@ class Experiment:
     summary: Callable[[], dict] = dict  # more for summary.json at the end (e.g. token-weight statistics)
     test_set: torch.utils.data.Dataset | None = None  # data.test_split: scored once, after training
     train_ids: list[str] = field(default_factory=list)  # training video ids, kept beside every checkpoint
+    # (batch_size, seed, num_workers, rank, world) -> a resumable stream (next, state, load_state) that
+    # replaces the unique-video BatchStream over train_set, e.g. a sharded store (data.shards); None: BatchStream
+    train_stream: Callable[[int, int, int, int, int], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,28 @@ def experiment_manifest(source, splits, train_set, val_set=None, test_set=None) 
     manifest["skipped_items_by_dataset"] = {name: named_skips(ds.skipped) if ds is not None else []
                                             for name, ds in sets.items()}
     return manifest
+
+
+def shard_training(cfg: Config, video_dim: int, transform: Callable[[dict], Any], collate_fn: Callable,
+                   held_out: set[str]) -> tuple[Callable[..., Any], dict, list[str]]:
+    """``data.shards``: the training clips come from a sharded store, streamed (data/shard_stream.py).
+    Returns the Experiment's ``train_stream`` factory, the store's manifest and its sorted video ids.
+    The store must hold clips of ``video_dim`` and none of the ``held_out`` (validation/test) videos."""
+    from vidlang.data.shard_stream import ShardStream
+    from vidlang.data.shards import ShardedStore
+    from vidlang.errors import ConfigError, DataError
+
+    store = ShardedStore(cfg.data.shards)
+    if store.dim != video_dim:
+        raise DataError(f"data.shards={cfg.data.shards} holds {store.dim}-d features; the feature store of "
+                        f"data.root/data.features (validation) has {video_dim}")
+    ids = store.video_ids()
+    leaked = sorted(held_out & ids)
+    if leaked:
+        raise ConfigError(f"data.shards={cfg.data.shards} holds {len(leaked)} validation/test videos (e.g. "
+                          f"{leaked[:3]}): write the store from the training clips only")
+
+    def make(batch_size: int, seed: int, num_workers: int, rank: int, world: int) -> ShardStream:
+        return ShardStream(store, batch_size, seed, num_workers, rank, world, collate_fn, transform)
+
+    return make, {**store.manifest(), "videos": len(ids)}, sorted(ids)

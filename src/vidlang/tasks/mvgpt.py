@@ -15,6 +15,7 @@ import torch
 
 from vidlang.config import Config
 from vidlang.data.narration import collate_captions, pair_utterances
+from vidlang.data.shard_stream import caption_transform
 from vidlang.data.sources import Source, open_source, split_clips
 from vidlang.errors import ConfigError
 from vidlang.evaluation.captioning import (
@@ -23,7 +24,7 @@ from vidlang.evaluation.captioning import (
     is_pretraining,
 )
 from vidlang.models.mvgpt import MVGPT
-from vidlang.tasks.base import Experiment, Task, experiment_manifest
+from vidlang.tasks.base import Experiment, Task, experiment_manifest, shard_training
 from vidlang.text.pretrained import load_tokenizer
 
 
@@ -58,8 +59,18 @@ def build_caption_experiment(cfg: Config) -> Experiment:
         vocab = sorted({i for ids in train_set.targets + train_set.transcripts for i in ids} | {model.ids["sep"]})
         model.decoder.set_output_vocab(vocab)
         meta["output_vocab"] = vocab
+    train_stream, train_ids = None, sorted({c.video_id for c in train_set.clips})
+    if cfg.data.shards:  # train from the stream (e.g. `vidlang shard --pairs` for pretraining)
+        if cfg.mvgpt.output_vocab == "train":
+            raise ConfigError("mvgpt.output_vocab=train is taken from the annotated train split, which a data.shards "
+                              "stream does not train on: use mvgpt.output_vocab=full")
+        transform = caption_transform(tokenizer, cfg.data.max_frames, cfg.data.max_words, cfg.mvgpt.max_target_len,
+                                      use_transcript=cfg.mvgpt.use_transcript)
+        held_out = {c.video_id for c in [*val_clips, *splits.test]}
+        train_stream, manifest["train_shards"], train_ids = shard_training(
+            cfg, source.store.dim, transform, collate_captions, held_out)
     return Experiment(cfg, train_set, val_set, model, manifest, collate=collate_captions, meta=meta, test_set=test_set,
-                      train_ids=sorted({c.video_id for c in train_set.clips}))
+                      train_ids=train_ids, train_stream=train_stream)
 
 
 def validation_keys(cfg: Config) -> tuple[str, ...]:

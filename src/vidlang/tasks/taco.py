@@ -5,11 +5,13 @@ import torch
 
 from vidlang.config import Config
 from vidlang.data.dataset import VideoTextDataset, collate
+from vidlang.data.shard_stream import UniqueVideos, video_text_transform
 from vidlang.data.sources import open_source, split_clips
+from vidlang.errors import ConfigError
 from vidlang.evaluation.retrieval import evaluate_retrieval
 from vidlang.io import cache_dir
 from vidlang.models.taco import TACo
-from vidlang.tasks.base import Experiment, Task, experiment_manifest
+from vidlang.tasks.base import Experiment, Task, experiment_manifest, shard_training
 from vidlang.text.idf import TokenWeighter
 from vidlang.text.pretrained import load_tokenizer
 
@@ -32,16 +34,30 @@ def build_experiment(cfg: Config) -> Experiment:
     model = TACo(cfg.model, source.store.dim)
     model.text.warm_cache([ids for d in (train_set, val_set, test_set) if d is not None for ids in d.token_sequences()])
     manifest = experiment_manifest(source, splits, train_set, val_set, test_set)
+    train_stream, train_ids = None, sorted({c.video_id for c in train_set.clips})
+    if cfg.data.shards:  # train from the stream; the annotated train split only fits the IDF weights
+        if any(augment.values()):
+            raise ConfigError("data.frame_jitter/frame_drop/feature_noise are not applied to a data.shards stream: "
+                              "turn them off")
+        transform = video_text_transform(tokenizer, cfg.data.max_frames, cfg.data.max_words, weighter)
+        held_out = {c.video_id for c in [*val_clips, *splits.test]}
+        train_stream, manifest["train_shards"], train_ids = shard_training(
+            cfg, source.store.dim, transform, UniqueVideos(collate), held_out)
     return Experiment(cfg, train_set, val_set, model, manifest, collate=collate,
                       meta={"token_weighter": weighter.state_dict()},
                       summary=lambda: {"weighter_stats": dict(weighter.stats)}, test_set=test_set,
-                      train_ids=sorted({c.video_id for c in train_set.clips}))
+                      train_ids=train_ids, train_stream=train_stream)
 
 
 def forward(model, batch, cfg: Config, generator, shard) -> dict:
     out = model(batch, cfg.taco, generator, shard=shard)
+    counts = {}
     if "l2_texts" in out:  # texts with no noun or verb get no token loss: count them
-        out["counts"] = {"l2_skipped_no_token_of_interest": shard.total - int(out["l2_texts"])}
+        counts["l2_skipped_no_token_of_interest"] = shard.total - int(out["l2_texts"])
+    if getattr(batch, "duplicates_dropped", 0):  # data.shards: clips of a video already in the batch (this rank's)
+        counts["stream_duplicate_videos_dropped"] = batch.duplicates_dropped
+    if counts:
+        out["counts"] = counts
     return out
 
 
