@@ -70,7 +70,7 @@ def l3_case(device: str, variant: str, batch: int, steps: int, size: str = "smal
 
 
 def summarize(results: dict, quick: bool) -> dict:
-    r, c, e = results["random"], results["cascade"], results["exhaustive"]
+    c = results["cascade"]
     t = {k: v["step"]["median_s"] for k, v in results.items()}
     m = {k: max(v["memory"]["peak_mb"], 1.0) for k, v in results.items()}
     rows = [[k, v["fusion_pairs"], f"{t[k]:.3f}", f"{t[k] / t['cascade']:.2f}", f"{v['flops_per_step'] / 1e9:.1f}",
