@@ -216,6 +216,7 @@ def test_upload_is_captioned_with_the_index_extractor(served):
     expected = caption(served["app"].state.vidlang.captioner, open_store(served["store"])[vid])
     assert out["caption"] == expected and out["features"] == 8 and out["duration"] == pytest.approx(2.0)
     assert out["extractor"] == "tiny-untrained"
+    assert out["transcript"] is None and out["transcript_source"].startswith("none: the captioner reads frames only")
 
 
 def test_oversize_uploads_are_413(served):

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import make_data
+
 from vidlang.cli import main
 from vidlang.errors import ConfigError, DataError
 

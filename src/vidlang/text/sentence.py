@@ -15,7 +15,7 @@ import torch
 from vidlang.errors import DataError
 from vidlang.text.pretrained import DEFAULT_TEXT_ENCODER, resolve_text_encoder
 
-__all__ = ["SentenceEncoder", "mean_pool", "sentence_encoder", "SENTENCE_MAX_TOKENS"]
+__all__ = ["SENTENCE_MAX_TOKENS", "SentenceEncoder", "mean_pool", "sentence_encoder"]
 
 SENTENCE_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
 _CACHE: dict[str, SentenceEncoder] = {}
