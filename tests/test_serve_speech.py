@@ -99,8 +99,8 @@ def test_asr_off_and_indexed_clips(serve_world, speaking_captioner):
     assert clip_transcript(state.speech, state.transcripts, "synth00001", None, None)[1].startswith(
         "none: the index was built without transcripts")
     streams = {"v": [type("U", (), {"start": 0.0, "end": 2.0, "text": "hello there"})()]}
-    assert clip_transcript(state.speech, streams, "v", 0.5, 3.0) == ("hello there", "the index's transcripts "
-                                                                                      "(vidlang index --transcripts)")
+    used = "the index's transcripts (vidlang index --transcripts)"
+    assert clip_transcript(state.speech, streams, "v", 0.5, 3.0) == ("hello there", used)
     assert clip_transcript(state.speech, streams, "v", 1.5, 3.0)[0] is None  # its midpoint (1 s) is outside
 
 
