@@ -254,9 +254,10 @@ def _routes(app: FastAPI, st: ServeState) -> None:
                                            description="the text query (not only spaces)")],
                    k: Annotated[int, Query(ge=1, le=st.max_k, description="clips to return")] = 10,
                    rerank: Annotated[bool, Query(description="fusion-head rerank (s3) of the top 50")] = True,
-                   spoken_weight: Annotated[float | None, Query(ge=0, le=1, allow_inf_nan=False, description=(
-                       "share of the spoken-words match (index built with transcripts; default 0.5 there, "
-                       "0 otherwise; 0: visual only)"))] = None):
+                   spoken_weight: Annotated[float | None, Query(ge=0, le=1 if st.index.spoken is not None else 0,
+                                                                allow_inf_nan=False, description=(
+                       "share of the spoken-words match: 0..1 when the index was built with transcripts (default "
+                       "0.5), else only 0 (visual only)"))] = None):
         hits = search(st.index, q, k, rerank=rerank, spoken_weight=spoken_weight)
         out = [{**h.to_dict(), "video_url": st.video_url(h.video_id),
                 "strip_url": f"/api/clips/{h.clip_index}/strip.jpg"} for h in hits]
