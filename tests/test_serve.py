@@ -109,11 +109,19 @@ def test_media_and_strip_of_a_hit(served):
 @pytest.mark.parametrize("params", [
     {}, {"q": ""}, {"q": "   "}, {"q": "x" * 501}, {"q": "ball", "k": 0}, {"q": "ball", "k": 101},
     {"q": "ball", "k": "ten"}, {"q": "ball", "k": 2.5}, {"q": "ball", "rerank": "maybe"},
+    {"q": "ball", "spoken_weight": 0.5},  # the serve world's index has no transcripts: only 0 is allowed
+    {"q": "ball", "spoken_weight": "nan"},
 ])
 def test_malformed_search_is_4xx_with_a_message(served, params):
     res = get(served, "/api/search", params=params)
     assert res.status_code == 422, (params, res.status_code, res.text)
     assert res.json()["detail"]
+
+
+def test_search_spoken_weight_zero_is_the_visual_search(served):
+    plain = get(served, "/api/search", params={"q": "ball"}).json()["hits"]
+    assert get(served, "/api/search", params={"q": "ball", "spoken_weight": 0}).json()["hits"] == plain
+    assert all(h["spoken"] is None and h["matched"] == "visual" for h in plain)
 
 
 # ----------------------------------------------------------------------------- captions
@@ -216,6 +224,7 @@ def test_upload_is_captioned_with_the_index_extractor(served):
     expected = caption(served["app"].state.vidlang.captioner, open_store(served["store"])[vid])
     assert out["caption"] == expected and out["features"] == 8 and out["duration"] == pytest.approx(2.0)
     assert out["extractor"] == "tiny-untrained"
+    assert out["transcript"] is None and out["transcript_source"].startswith("none: the captioner reads frames only")
 
 
 def test_oversize_uploads_are_413(served):

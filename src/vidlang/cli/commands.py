@@ -178,10 +178,13 @@ def cmd_index(args) -> None:
     index = build_index(loaded, store, args.out, clips=read_clips(args.clips) if args.clips else None,
                         faiss=settings, token_dtype="float32" if args.fp32_tokens else "float16",
                         batch_size=args.batch_size, skip_bad=args.skip_bad, overwrite=args.overwrite,
-                        progress=not args.quiet)
-    skipped = index.meta.get("skipped", {})
+                        progress=not args.quiet, transcripts=args.transcripts)
+    skipped, spoken = index.meta.get("skipped", {}), index.meta.get("spoken")
     print(f"indexed {len(index)} clips with {loaded.checkpoint} ({index.meta['faiss']['built'] or 'no FAISS'}"
           f"{f'; skipped {len(skipped)} bad videos' if skipped else ''}) -> {args.out}")
+    if spoken:
+        print(f"spoken field: {spoken['clips_with_speech']} of {spoken['clips']} clips have speech "
+              f"({spoken['units']} text units from {args.transcripts}, {spoken['encoder']} mean-pooled)")
     print_skips([{"reason": "bad_video", "id": vid, "message": why} for vid, why in skipped.items()])
 
 
@@ -191,7 +194,8 @@ def cmd_search(args) -> None:
 
     index = load_index(args.index, args.checkpoint, device=args.device)
     hits = search(index, args.query, args.k, rerank=not args.no_rerank, rerank_topk=args.rerank_topk,
-                  candidates=args.candidates, nprobe=args.nprobe, ef_search=args.ef_search, margin=args.margin)
+                  candidates=args.candidates, nprobe=args.nprobe, ef_search=args.ef_search, margin=args.margin,
+                  spoken_weight=args.spoken_weight)
     if args.json:
         print(json.dumps({"query": args.query, "hits": [h.to_dict() for h in hits]}, indent=2))
     else:
@@ -273,4 +277,4 @@ def cmd_serve(args) -> None:
     serve(args.index, args.checkpoint, args.captioner, args.media_root, args.host, args.port,
           max_upload_mb=args.max_upload_mb, max_upload_seconds=args.max_upload_seconds, max_k=args.max_k,
           extractor_weights=args.extractor_weights, cache_dir=args.cache_dir, device=args.device,
-          max_upload_frames=args.max_upload_frames, allowed_hosts=args.allowed_host)
+          max_upload_frames=args.max_upload_frames, allowed_hosts=args.allowed_host, asr_model=args.asr_model)

@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint of a run folder")
     p.add_argument("--clips", help="clip list: 'video_id' or 'video_id start end' per line (default: whole videos)")
     p.add_argument("--fps", type=float, help="features per second (default: the store's meta.json)")
+    p.add_argument("--transcripts", help="the clips' speech (vidlang transcribe's .jsonl, or any transcript "
+                   "format), kept as a second text field that search can match (--spoken-weight)")
     p.add_argument("--faiss", choices=["auto", "exact", "ivf", "hnsw", "none"], default="auto",
                    help="stage-one index: auto = exact below --exact-threshold clips, IVF above")
     p.add_argument("--exact-threshold", type=int, default=100_000)
@@ -145,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nprobe", type=int, help="IVF cells searched (default: the index's)")
     p.add_argument("--ef-search", type=int, help="HNSW search breadth (default: the index's)")
     p.add_argument("--margin", type=float, default=0.2, help="word span: frames within margin x range of the best")
+    p.add_argument("--spoken-weight", type=float, help="share of the spoken-words match in [0, 1] (index built "
+                   "with --transcripts; default 0.5 there, 0 otherwise; 0: visual only)")
     p.add_argument("--checkpoint", help="the checkpoint to search with (default: the one the index records)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
@@ -193,5 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor-weights", help="clip/resnet weights of the index's extractor (checked by sha256)")
     p.add_argument("--cache-dir", help="frame-strip JPEG cache (default $VIDLANG_CACHE/serve)")
     p.add_argument("--device", default="cpu", help="torch device of the upload extractor")
+    p.add_argument("--asr-model", default=None, help="Whisper model that transcribes uploads for a captioner that "
+                   "reads speech (default: packaged base; 'none': uploads are captioned from frames alone)")
     p.set_defaults(func=cmd_serve)
     return parser

@@ -157,8 +157,22 @@ def load_asr_model(name: str | None = None, *, device: str = "cpu", compute_type
     return AsrModel(whisper, record)
 
 
-def _decode_audio(path: Path):
-    """16 kHz mono float32 samples; DataError for a missing/empty file, no audio stream or no samples."""
+def _check_audio_length(path: Path, max_seconds: float) -> None:
+    """DataError once more than ``max_seconds`` of audio decode (counted while decoding: a container's claim
+    is not trusted), before faster-whisper decodes the whole stream into memory."""
+    import av
+
+    seconds = 0.0
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            seconds += frame.samples / (frame.sample_rate or SAMPLE_RATE)
+            if seconds > max_seconds:
+                raise DataError(f"the audio of {path.name} is longer than {max_seconds:g} s")
+
+
+def _decode_audio(path: Path, max_seconds: float | None = None):
+    """16 kHz mono float32 samples; DataError for a missing/empty file, no audio stream, no samples, or
+    more than ``max_seconds`` of audio."""
     import av
     from faster_whisper import decode_audio
 
@@ -170,6 +184,8 @@ def _decode_audio(path: Path):
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise DataError(f"{path} has no audio stream")
+        if max_seconds is not None:
+            _check_audio_length(path, max_seconds)
         audio = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
     except DataError:
         raise
@@ -182,13 +198,15 @@ def _decode_audio(path: Path):
 
 def transcribe_file(asr: AsrModel, path: str | os.PathLike, video_id: str | None = None, *,
                     language: str | None = None, vad: bool = True, beam_size: int = 5,
-                    min_avg_logprob: float = MIN_AVG_LOGPROB, seed: int = 0) -> tuple[list[dict], dict]:
-    """(utterance records, info) of one file; raises DataError for a file without usable audio."""
+                    min_avg_logprob: float = MIN_AVG_LOGPROB, seed: int = 0,
+                    max_seconds: float | None = None) -> tuple[list[dict], dict]:
+    """(utterance records, info) of one file; raises DataError for a file without usable audio (or with
+    more than ``max_seconds`` of it)."""
     import ctranslate2
 
     path = Path(path)
     vid = video_id or path.stem
-    audio = _decode_audio(path)
+    audio = _decode_audio(path, max_seconds)
     ctranslate2.set_random_seed(seed)  # temperature fallback samples: same seed, same transcript
     segments, info = asr.whisper.transcribe(audio, language=language, beam_size=beam_size, vad_filter=vad,
                                             word_timestamps=True)

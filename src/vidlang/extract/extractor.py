@@ -132,9 +132,11 @@ class Extractor:
         """(T, D) float32 features of the video at ``video_path``, made exactly as ``vidlang extract`` makes them."""
         return self.features_and_info(video_path)[0]
 
-    def features_and_info(self, video_path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-        """(features, decoded-video info: duration, codec, frames, ...)."""
-        frames, info = decode_video(video_path, self.sampling, self.frame_size)
+    def features_and_info(self, video_path: str | os.PathLike, max_seconds: float | None = None,
+                          max_frames: int | None = None) -> tuple[np.ndarray, dict]:
+        """(features, decoded-video info: duration, codec, frames, ...); decoding stops with VideoTooLong past
+        ``max_seconds`` of decoded video or ``max_frames`` frames."""
+        frames, info = decode_video(video_path, self.sampling, self.frame_size, max_seconds, max_frames)
         with self._lock:
             feats = embed_frames(self.backbone, frames, self.sampling, batch_size=self.batch_size)
         if not np.isfinite(feats).all():

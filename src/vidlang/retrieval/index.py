@@ -11,6 +11,7 @@
       tokens.npy        (N, T, d) float16 (or float32) video tokens, memory-mapped on load
       mask.npy          (N, T) bool, True on real frames
       faiss.index       FAISS inner-product index over the s1 vectors (absent with ``faiss="none"``)
+      spoken_*          with ``transcripts``: the clips' speech as a second text field (retrieval/spoken.py)
 
 The folder is written under a temporary name and renamed, so a reader never sees half an index.
 No pickle anywhere: ``.npy`` files are loaded with ``allow_pickle=False``.
@@ -36,6 +37,7 @@ from vidlang.errors import CheckpointError, ConfigError, DataError
 from vidlang.evaluation.scoring import EncodedSet
 from vidlang.inference import LoadedModel, encode_video, load_model
 from vidlang.models.blocks import Encoded
+from vidlang.retrieval.spoken import SpokenField, build_spoken_field, load_spoken
 from vidlang.retrieval.stage_one import FaissSettings, build_faiss, faiss_module
 
 FORMAT = 1
@@ -58,6 +60,7 @@ class ClipIndex:
     meta: dict = field(default_factory=dict)
     faiss_index: Any = None
     path: Path | None = None
+    spoken: SpokenField | None = None  # the clips' transcripts, when built with them
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -197,8 +200,10 @@ def build_index(
     overwrite: bool = False,
     fps: float | None = None,
     progress: bool = False,
+    transcripts: str | Path | None = None,
 ) -> ClipIndex:
     """Encode every clip (default: every whole video of ``store``) once; write ``out`` atomically.
+    ``transcripts``: a transcript file (e.g. from ``vidlang transcribe``) kept as the spoken field.
 
     ``out=None`` keeps the index in memory. ``token_dtype`` float16 halves the disk of the token
     features (s2 and s3 then differ from float32 by ~1e-3 relative); float32 reproduces them exactly.
@@ -270,8 +275,13 @@ def build_index(
             "skipped": skipped,
         }
         ids = [c.video_id for c in kept]
+        spoken = None if transcripts is None else build_spoken_field(ids, np.asarray(arrays["segments"]), transcripts)
+        meta["spoken"] = None if spoken is None else spoken.meta
         if tmp is None:
-            return ClipIndex(loaded, ids, *(arrays[k] for k in _ARRAYS), fps=fps, meta=meta, faiss_index=index)
+            return ClipIndex(loaded, ids, *(arrays[k] for k in _ARRAYS), fps=fps, meta=meta, faiss_index=index,
+                             spoken=spoken)
+        if spoken is not None:
+            spoken.save(tmp)
         for a in arrays.values():
             a.flush()
         del arrays
@@ -333,6 +343,8 @@ def save_index(index: ClipIndex, out: str | Path, overwrite: bool = False) -> Pa
         tmp.mkdir(parents=True)
         for k in _ARRAYS:
             np.save(tmp / f"{k}.npy", np.asarray(getattr(index, k)), allow_pickle=False)
+        if index.spoken is not None:
+            index.spoken.save(tmp)
         _finish(tmp, out, index.video_ids, index.faiss_index, index.meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -385,4 +397,4 @@ def load_index(path: str | Path, model: LoadedModel | str | Path | None = None, 
         if index.ntotal != n:
             raise DataError(f"{path / 'faiss.index'} holds {index.ntotal} vectors, expected {n}")
     return ClipIndex(loaded, ids, *(arrays[k] for k in _ARRAYS), fps=meta.get("fps"), meta=meta,
-                     faiss_index=index, path=path)
+                     faiss_index=index, path=path, spoken=load_spoken(path, meta.get("spoken"), n))

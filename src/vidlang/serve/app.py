@@ -3,7 +3,8 @@
     GET  /health                      the index, the captioner, whether uploads are on
     GET  /api/search?q=...&k=10       ranked clips: scores, clip span, per-word aligned spans, per-frame heat
     POST /api/caption/clip            {"video_id", "start"?, "end"?}: caption an indexed video's features
-    POST /api/caption/upload          multipart "file": a short mp4/WebM -> the index's extractor -> caption
+    POST /api/caption/upload          multipart "file": a short mp4/WebM -> the index's extractor (+ Whisper on its
+                                      audio for a captioner that reads speech) -> caption
     GET  /api/clips/{row}/strip.jpg   frames of an indexed clip from its source video (JPEG, cached)
     GET  /media/{path}                videos and images under the media root only
     GET  /                            the web page (vidlang/web); the OpenAPI schema is /openapi.json
@@ -36,6 +37,7 @@ from starlette.formparsers import MultiPartParser
 
 from vidlang.errors import ConfigError, VidlangError
 from vidlang.serve.schemas import CaptionOut, ClipCaptionIn, HealthOut, SearchOut
+from vidlang.serve.speech import UploadSpeech, clip_transcript, index_transcripts
 from vidlang.serve.guards import allowed_hosts_for, error_responses, install_errors, install_guards, scrub_paths
 from vidlang.serve.media import (UploadExtractor, default_cache, media_path, media_url, probe_video, sniff_container,
                                  source_video, strip_jpeg, strip_times)
@@ -60,9 +62,9 @@ class CaptionBatcher:
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._work, daemon=True, name="vidlang-captions").start()
 
-    def __call__(self, features, timeout: float = 600) -> str:
+    def __call__(self, features, transcript: str | None = None, timeout: float = 600) -> str:
         future: Future = Future()
-        self._queue.put((features, future))
+        self._queue.put((features, transcript, future))
         return future.result(timeout)
 
     def _work(self) -> None:
@@ -72,16 +74,17 @@ class CaptionBatcher:
             while len(items) < self.max_batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             try:
-                texts = caption(self.captioner, [f for f, _ in items])
-                for (_, fut), text in zip(items, texts):
+                feats, said = [f for f, _, _ in items], [t for _, t, _ in items]
+                texts = caption(self.captioner, feats, said) if any(said) else caption(self.captioner, feats)
+                for (_, _, fut), text in zip(items, texts):
                     fut.set_result(text)
             except Exception as e:  # noqa: BLE001 - handed to the waiting request(s)
                 if len(items) == 1:
-                    items[0][1].set_exception(e)
+                    items[0][2].set_exception(e)
                     continue
-                for f, fut in items:
+                for f, t, fut in items:
                     try:
-                        fut.set_result(caption(self.captioner, f))
+                        fut.set_result(caption(self.captioner, f, t) if t else caption(self.captioner, f))
                     except Exception as err:  # noqa: BLE001
                         fut.set_exception(err)
 
@@ -98,6 +101,8 @@ class ServeState:
     max_upload_frames: int = 7200
     max_k: int = 100
     uploads: UploadExtractor | None = None
+    speech: Any = None  # serve.speech.UploadSpeech: Whisper on uploads for a captioner that reads speech
+    transcripts: dict | None = None  # the index's transcripts (its spoken field), for captions of indexed clips
     store: Any = None
     store_error: str | None = None
     captions: CaptionBatcher | None = None
@@ -162,12 +167,13 @@ def create_app(index, captioner=None, media_root: str | Path | None = None, *, c
                cache_dir: str | Path | None = None, max_upload_mb: float = 50, max_upload_seconds: float = 120,
                extractor_weights: str | None = None, max_k: int = 100, device: str = "cpu",
                max_upload_frames: int | None = None, allowed_hosts: list[str] | None = None,
-               query_cache: int = QUERY_CACHE) -> FastAPI:
+               query_cache: int = QUERY_CACHE, asr_model: str | None = None) -> FastAPI:
     """The FastAPI app. ``index``: a ClipIndex or an index folder (searched with ``checkpoint``, default
     the one it records); ``captioner``: a LoadedCaptioner, an MV-GPT checkpoint/run folder, or None.
     ``max_upload_frames``: most frames an upload may decode to (default 60 per allowed second);
     ``allowed_hosts``: Host-header names answered (default the loopback names, see allowed_hosts_for);
-    ``query_cache``: LRU size of the per-query caches (POS tags, frozen text-encoder outputs)."""
+    ``query_cache``: LRU size of the per-query caches (POS tags, frozen text-encoder outputs);
+    ``asr_model``: the Whisper model for uploads when the captioner reads speech (default base; "none": off)."""
     from vidlang.inference import LoadedCaptioner, load_model
     from vidlang.retrieval.index import ClipIndex, load_index
 
@@ -193,6 +199,8 @@ def create_app(index, captioner=None, media_root: str | Path | None = None, *, c
     if captioner is not None:
         state.captions = CaptionBatcher(captioner)
         state.uploads = UploadExtractor(state.extractor_record(), extractor_weights, state.store_path, device)
+        state.speech = UploadSpeech(captioner, asr_model, device)
+        state.transcripts = index_transcripts(index) if captioner.cfg.mvgpt.use_transcript else None
 
     app = FastAPI(title="vidlang", version=_version(),
                   description="TACo text-to-clip search with word-by-time alignment, MV-GPT captioning.")
@@ -237,14 +245,20 @@ def _routes(app: FastAPI, st: ServeState) -> None:
         return {"status": "ok", "clips": len(st.index), "checkpoint": Path(st.index.loaded.checkpoint).name,
                 "captioner": None if st.captioner is None else Path(st.captioner.checkpoint).name,
                 "uploads": bool(st.uploads and st.uploads.backbone is not None), "uploads_off_reason": reason,
-                "extractor": ext.get("backbone"), "fps": st.index.fps, "media": st.media_root is not None}
+                "extractor": ext.get("backbone"), "fps": st.index.fps, "media": st.media_root is not None,
+                "spoken": st.index.spoken is not None,
+                "upload_transcripts": None if st.speech is None else (st.speech.reason or "whisper")}
 
     @app.get("/api/search", response_model=SearchOut, responses=error_responses(400, 422))
     def api_search(q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"[^\s\x1c-\x1f]",
                                            description="the text query (not only spaces)")],
                    k: Annotated[int, Query(ge=1, le=st.max_k, description="clips to return")] = 10,
-                   rerank: Annotated[bool, Query(description="fusion-head rerank (s3) of the top 50")] = True):
-        hits = search(st.index, q, k, rerank=rerank)
+                   rerank: Annotated[bool, Query(description="fusion-head rerank (s3) of the top 50")] = True,
+                   spoken_weight: Annotated[float | None, Query(ge=0, le=1 if st.index.spoken is not None else 0,
+                                                                allow_inf_nan=False, description=(
+                       "share of the spoken-words match: 0..1 when the index was built with transcripts (default "
+                       "0.5), else only 0 (visual only)"))] = None):
+        hits = search(st.index, q, k, rerank=rerank, spoken_weight=spoken_weight)
         out = [{**h.to_dict(), "video_url": st.video_url(h.video_id),
                 "strip_url": f"/api/clips/{h.clip_index}/strip.jpg"} for h in hits]
         return {"query": q, "k": k, "clips": len(st.index), "hits": out}
@@ -259,9 +273,11 @@ def _routes(app: FastAPI, st: ServeState) -> None:
         if body.start is not None and body.end is not None and body.end <= body.start:
             raise HTTPException(422, f"end ({body.end}) must be after start ({body.start})")
         feats = cut_segment(st.store[body.video_id], body.start, body.end, st.store.fps, body.video_id)
-        text = st.captions(feats)
+        transcript, source = clip_transcript(st.speech, st.transcripts, body.video_id, body.start, body.end)
+        text = st.captions(feats, transcript)
         return {"caption": text, "decoding": decoding_name(st.captioner.cfg), "features": len(feats),
-                "video_id": body.video_id, "start": body.start, "end": body.end}
+                "video_id": body.video_id, "start": body.start, "end": body.end, "transcript": transcript,
+                "transcript_source": source}
 
     @app.post("/api/caption/upload", response_model=CaptionOut, openapi_extra=_UPLOAD_DOC,
               responses=error_responses(400, 403, 409, 413, 415, 422, 503))
@@ -307,11 +323,13 @@ def _routes(app: FastAPI, st: ServeState) -> None:
                     f.write(block)
             info = probe_video(path, demuxers, st.max_upload_seconds)
             feats, decoded = st.uploads.features(path, st.max_upload_seconds, st.max_upload_frames)
+            transcript, source = st.speech.transcript(path, st.max_upload_seconds)
         if info["duration"] is None:
             info["duration"] = decoded.get("duration")
-        text = st.captions(feats)
+        text = st.captions(feats, transcript)
         return {"caption": text, "decoding": decoding_name(st.captioner.cfg), "features": len(feats),
-                "duration": info["duration"], "extractor": st.uploads.record.get("backbone")}
+                "duration": info["duration"], "extractor": st.uploads.record.get("backbone"),
+                "transcript": transcript, "transcript_source": source}
 
     @app.get("/api/clips/{row}/strip.jpg", response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}, **error_responses(400, 404, 422)})

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +124,8 @@ def _ffmpeg_reason(e: Exception) -> str:
 
 
 class UploadExtractor:
-    """Re-creates the extractor that wrote the index's features, so uploads get the very same features.
+    """The extractor that wrote the index's features (:class:`vidlang.extract.extractor.Extractor`, the one
+    ``vidlang extract`` and ``preprocess`` use), so uploads get the very same features.
 
     ``record``: the store's extractor record (index.json ``extractor``); ``weights``: the clip/resnet
     weights (checked against the record's sha256). ``reason`` says why uploads are refused, if they are.
@@ -133,51 +133,24 @@ class UploadExtractor:
 
     def __init__(self, record: dict | None, weights: str | None = None, store_path: Path | None = None,
                  device: str = "cpu"):
-        self.record, self.backbone, self.reason = record, None, None
-        self._lock = threading.Lock()
-        try:
-            self.backbone, self.sampling, self.frame_size = self._load(record, weights, store_path, device)
-        except (ConfigError, DataError, KeyError, TypeError, ValueError) as e:
-            from vidlang.errors import CheckpointError
+        from vidlang.errors import CheckpointError
+        from vidlang.extract.extractor import Extractor
 
-            self.reason = str(e) if isinstance(e, (ConfigError, DataError, CheckpointError)) else \
-                f"the index's extractor record is incomplete ({type(e).__name__}: {e})"
+        self.record, self.extractor, self.reason = record, None, None
+        try:
+            if not isinstance(record, dict):
+                raise ConfigError("the index's features were not written by `vidlang extract` (no extractor "
+                                  "record), so the server cannot compute the same features for an upload")
+            self.extractor = Extractor.from_record(record, weights, device, store=store_path)
+        except (ConfigError, DataError, CheckpointError) as e:
+            self.reason = str(e).replace("(weights=PATH; --extractor-weights PATH on the command line)",
+                                         "(start the server with --extractor-weights PATH to caption uploads)")
         except Exception as e:  # noqa: BLE001 - a backbone that fails to load only disables uploads
             self.reason = f"cannot load the index's extractor ({type(e).__name__}: {e})"
 
-    @staticmethod
-    def _load(record: dict | None, weights: str | None, store_path: Path | None, device: str):
-        from vidlang.extract.backbones import ClipBackbone, ResNetBackbone, TinyBackbone
-        from vidlang.extract.run import extractor_record
-        from vidlang.extract.video import Sampling
-
-        if not isinstance(record, dict):
-            raise ConfigError("the index's features were not written by `vidlang extract` (no extractor record), "
-                              "so the server cannot compute the same features for an upload")
-        name = str(record["backbone"])
-        if name == "tiny-untrained":
-            bb = TinyBackbone(int(record.get("frame_dim", record["dim"])), device, warn=False)
-        elif name == "efficientnet-lite0":  # packaged weights, sha256-checked at load
-            from vidlang.extract.efficientnet import EfficientNetLite0Backbone
-
-            bb = EfficientNetLite0Backbone(device=device)
-        else:
-            weights = weights or _summary_weights(store_path)
-            if not weights:
-                raise ConfigError(f"the index's features come from backbone {name} (weights sha256 "
-                                  f"{str(record.get('weights_hash'))[:12]}...): start the server with "
-                                  "--extractor-weights PATH to caption uploads")
-            bb = ClipBackbone(weights, device) if name.startswith("clip-") else ResNetBackbone(weights, device)
-        sampling = Sampling(record["sampling"], record["fps"], record["num_frames"], record["window"],
-                            record["stride"], record["pool"])
-        sampling.check()
-        frame_size = int(record["frame_size"])
-        mine = extractor_record(bb, sampling, frame_size)
-        if mine != record:
-            from vidlang.data.features import differing_keys
-
-            raise ConfigError(f"the extractor the server can run differs from the index's: {differing_keys(record, mine)}")
-        return bb, sampling, frame_size
+    @property
+    def backbone(self):
+        return None if self.extractor is None else self.extractor.backbone
 
     def features(self, path: Path, max_seconds: float | None = None,
                  max_frames: int | None = None) -> tuple[np.ndarray, dict]:
@@ -185,34 +158,23 @@ class UploadExtractor:
         decoding stops with a DataError past ``max_seconds`` of decoded video or ``max_frames`` frames."""
         import av
 
-        from vidlang.extract.run import embed_frames
-        from vidlang.extract.video import VideoTooLong, decode_video
+        from vidlang.extract.video import VideoTooLong
 
-        if self.backbone is None:
+        if self.extractor is None:
             raise ConfigError(f"uploads are off: {self.reason}")
         try:
-            frames, info = decode_video(path, self.sampling, self.frame_size, max_seconds, max_frames)
+            return self.extractor.features_and_info(path, max_seconds, max_frames)
         except VideoTooLong as e:
             raise DataError(f"the upload is too long: {str(e).replace('the video ', 'it ')}; this server captions "
                             f"clips of at most {max_seconds:g} s") from None
+        except UnsupportedMedia:
+            raise
         except DataError as e:
+            if "NaN/inf" in str(e):
+                raise DataError("the backbone produced NaN/inf features for the upload") from None
             raise UnsupportedMedia(f"the upload has no decodable video ({str(e).replace(str(path), 'upload')})") from None
         except (av.FFmpegError, OSError, ValueError) as e:
             raise UnsupportedMedia(f"FFmpeg cannot decode the upload ({_ffmpeg_reason(e)})") from None
-        with self._lock:
-            feats = embed_frames(self.backbone, frames, self.sampling, batch_size=32)
-        if not np.isfinite(feats).all():
-            raise DataError("the backbone produced NaN/inf features for the upload")
-        return feats, info
-
-
-def _summary_weights(store_path: Path | None) -> str | None:
-    """The weights `vidlang extract` was run with, as its summary records them (checked by hash later)."""
-    try:
-        w = json.loads((store_path / "extract_summary.json").read_text(encoding="utf-8")).get("weights")
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-    return w if isinstance(w, str) and w and w != "built-in" and Path(w).exists() else None
 
 
 # ----------------------------------------------------------------------------- frame strips

@@ -17,7 +17,7 @@ class WordOut(BaseModel):
     weight: float
 
 
-class HitOut(BaseModel):
+class HitOut(BaseModel):  # visual/spoken fields: see vidlang.retrieval.query.SearchHit
     rank: int
     video_id: str
     score: float
@@ -30,6 +30,13 @@ class HitOut(BaseModel):
     frames: list[int]
     frame_times: list[float] | None
     alignments: list[WordOut]
+    visual: float | None = Field(None, description="the visual score; `score` combines it with the spoken one")
+    spoken: float | None = Field(None, description="cosine of the query to the clip's best spoken unit; null: "
+                                 "no speech, or not asked")
+    spoken_text: str | None = None
+    spoken_start_s: float | None = None
+    spoken_end_s: float | None = None
+    matched: str = Field("visual", description="the field that weighed more in `score`: visual | spoken")
     video_url: str | None = Field(description="/media/... when the source video is under the media root")
     strip_url: str
 
@@ -60,6 +67,9 @@ class HealthOut(BaseModel):
     extractor: str | None
     fps: float | None
     media: bool
+    spoken: bool = Field(False, description="the index has a spoken field (search can match what is said)")
+    upload_transcripts: str | None = Field(None, description="'whisper' when uploads are transcribed for the "
+                                           "captioner, else why not; null without a captioner")
 
 
 class CaptionOut(BaseModel):
@@ -71,3 +81,6 @@ class CaptionOut(BaseModel):
     end: float | None = None
     duration: float | None = None
     extractor: str | None = None
+    transcript: str | None = Field(None, description="the speech the caption was conditioned on, or null")
+    transcript_source: str = Field("none", description="where the transcript came from (Whisper on the upload, "
+                                   "the index's transcripts), or 'none: ' and why none was used")
