@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_data, tiny_overrides, write_recipe
+from conftest import make_data, tiny_config, tiny_overrides, write_recipe
 from vidlang.cli import main
 
 METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R@1", "R@5", "R@10", "R@50", "MedR", "MeanR")]
@@ -192,3 +192,69 @@ def test_public_names_are_not_shadowed_by_submodules(trained_run, data_dir):
     for name in ("vidlang.retrieval", "vidlang.retrieval.query", "vidlang.inference", "vidlang.api"):
         importlib.import_module(name)
     assert callable(vidlang.search) and vidlang.search(model, "a man slices a tomato", data_dir, k=2) == first
+
+
+def test_querybank_normalisation_is_kept_with_the_run_and_applied_by_evaluate(tmp_path, data_dir, capsys):
+    """eval.querybank: a fixed draw of training captions sits in every checkpoint's meta.json; validation and
+    `vidlang evaluate` apply QB-Norm to t2v with it (stamped), and leave v2t as it was."""
+    from vidlang.api import load_model
+    from vidlang.data.sources import open_data
+    from vidlang.evaluation.metrics import retrieval_metrics
+    from vidlang.evaluation.retrieval import bank_similarity, similarity
+    from vidlang.evaluation.scoring import querybank_normalise
+    from vidlang.train import train
+
+    out = tmp_path / "run"
+    summary = train(tiny_config(out, data_dir, "train.steps=4", "eval.querybank=10", "eval.querybank_beta=2"),
+                    progress=False)
+    meta = json.loads((out / "step-000004" / "meta.json").read_text())
+    captions = json.loads((data_dir / "annotations.json").read_text())
+    train_captions = {c for v in captions.values() if v["split"] == "train" for c in v["captions"]}
+    assert len(meta["querybank"]) == 10 and set(meta["querybank"]) <= train_captions
+    from vidlang.tasks.taco import TASK
+    assert summary["steps"] == 4 and "QB-Norm" in TASK.scoring(load_model(out).cfg)  # the test-split stamp
+
+    ids = tmp_path / "val.txt"
+    ids.write_text("".join(f"video{i}\n" for i in range(16, 24)))
+    capsys.readouterr()
+    qb = _evaluate(capsys, str(out), "--data", str(data_dir), "--split", str(ids))
+    assert "QB-Norm" in qb["scoring"] and "bank of 10 training captions, beta 2" in qb["scoring"]
+
+    loaded = load_model(out)
+    source = open_data(data_dir)
+    dataset = loaded.dataset([c for c in source.clips if int(c.video_id[5:]) >= 16], source.store)
+    cfg = loaded.cfg.eval
+    sim, text_to_video = similarity(loaded.model, dataset, cfg)
+    bank = bank_similarity(loaded.model, dataset, meta["querybank"], cfg)
+    expected = retrieval_metrics(querybank_normalise(sim, bank, 2.0 / float(bank.std())), text_to_video)
+    plain = retrieval_metrics(sim, text_to_video)
+    for key, value in qb["metrics"].items():
+        if key.startswith(("t2v", "v2t")):
+            assert value == pytest.approx(expected[key] if key.startswith("t2v") else plain[key]), key
+
+
+
+def test_querybank_scores_take_t2v_from_the_normalised_matrix_and_v2t_from_the_raw_one(monkeypatch):
+    """retrieval_scores: beta in units of the bank's std, t2v metrics from QB-Norm's matrix, v2t from the raw one."""
+    from types import SimpleNamespace
+
+    from vidlang.config import EvalConfig
+    from vidlang.evaluation import retrieval
+    from vidlang.evaluation.metrics import retrieval_metrics
+
+    sim = torch.tensor([[3.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 3.0]])
+    bank = torch.tensor([[0.0, 4.0, 1.0], [2.0, 0.0, 1.0]])
+    seen = {}
+
+    def fake_normalise(s, b, beta, dynamic):
+        seen["beta"] = beta
+        return -s  # a different ranking, to tell which matrix each direction used
+
+    monkeypatch.setattr(retrieval, "bank_similarity", lambda *a, **k: bank)
+    monkeypatch.setattr(retrieval, "querybank_normalise", fake_normalise)
+    cfg = EvalConfig(querybank=2, querybank_beta=3.0)
+    out = retrieval.retrieval_scores(None, SimpleNamespace(querybank=["a", "b"]), sim, [0, 1, 2], cfg)
+    assert seen["beta"] == pytest.approx(3.0 / float(bank.std()))
+    flipped, plain = retrieval_metrics(-sim, [0, 1, 2]), retrieval_metrics(sim, [0, 1, 2])
+    assert out["t2v_R@1"] == flipped["t2v_R@1"] != plain["t2v_R@1"] and out["v2t_R@1"] == plain["v2t_R@1"]
+    assert retrieval.retrieval_scores(None, SimpleNamespace(querybank=[]), sim, [0, 1, 2], cfg) == plain

@@ -115,6 +115,9 @@ class EvalConfig:
     rerank_topk: int = 20  # cascade: fusion reranks the top-k of s1+s2
     batch_pairs: int = 4096  # fusion pairs per forward pass in exact mode
     metric: str = "t2v_R@1"  # the validation metric that picks the best checkpoint
+    querybank: int = 0  # >0: QB-Norm (Bogolin et al. 2022) of t2v scores with this many training captions as
+    # the bank (a fixed draw kept in the checkpoint's meta.json); v2t stays unnormalised. 0: off
+    querybank_beta: float = 1.0  # QB-Norm's inverse temperature, in units of the bank scores' std
 
 
 @dataclass

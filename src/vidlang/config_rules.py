@@ -36,7 +36,8 @@ VALUE_CHECKS = {
     "train.steps": ">=0", "train.batch_size": ">=1", "train.lr": ">0", "train.text_lr": ">=0",
     "train.weight_decay": ">=0", "train.warmup_steps": ">=0", "train.grad_clip": ">=0", "train.eval_every": ">=0",
     "train.save_every": ">=1", "train.log_every": ">=1", "train.threads": ">=0", "train.grad_accum_steps": ">=1",
-    "eval.token_scale": ">=0", "eval.rerank_topk": ">=1", "eval.batch_pairs": ">=1",
+    "eval.token_scale": ">=0", "eval.rerank_topk": ">=1", "eval.batch_pairs": ">=1", "eval.querybank": ">=0",
+    "eval.querybank_beta": ">0",
 }
 CHOICES = {
     "model.text_pooling": ("cls", "mean"), "taco.negatives": ("cascade", "random"),

@@ -124,6 +124,7 @@ class VideoTextDataset(Dataset):
         self._augment_rng = torch.Generator().manual_seed(seed + 7919)
         self.skipped: Skips = Skips()
         self.skip_reasons: dict[str, str] = {}  # video id -> why its clips were dropped
+        self.querybank: list[str] = []  # training captions for QB-Norm of t2v scores (eval.querybank)
 
         timed = [c for c in clips if c.start is not None or c.end is not None]
         if timed and store.fps is None:
@@ -194,22 +195,28 @@ class VideoTextDataset(Dataset):
             feats = augment_frames(feats, self.max_frames, self._augment_rng, **self.augment)
         else:
             feats = sample_frames(feats, self.max_frames)
-        enc = encode_caption(self.tokenizer, clip.caption, self.max_words)
+        return {
+            "video": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
+            **self.text_item(clip.caption),
+            "video_id": clip.video_id,
+            "clip_index": i,
+        }
+
+    def text_item(self, caption: str) -> dict[str, torch.Tensor]:
+        """A caption's ``input_ids``, ``attention_mask`` and ``token_weights``, as items give them."""
+        enc = encode_caption(self.tokenizer, caption, self.max_words)
         n = len(enc["input_ids"])
         if self.token_weighter is None:
             weights = np.zeros(n, dtype=np.float32)
         else:
-            weights = np.asarray(self.token_weighter(clip.caption, enc["offset_mapping"]), dtype=np.float32)
+            weights = np.asarray(self.token_weighter(caption, enc["offset_mapping"]), dtype=np.float32)
             if weights.shape != (n,) or not np.isfinite(weights).all():
                 raise ValueError(f"token_weighter returned weights of shape {weights.shape} for a caption "
-                                 f"of {n} tokens (or non-finite values): {clip.caption!r}")
+                                 f"of {n} tokens (or non-finite values): {caption!r}")
         return {
-            "video": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)),
             "input_ids": torch.tensor(enc["input_ids"], dtype=torch.long),
             "attention_mask": torch.tensor(enc["attention_mask"], dtype=torch.long),
             "token_weights": torch.from_numpy(weights),
-            "video_id": clip.video_id,
-            "clip_index": i,
         }
 
 

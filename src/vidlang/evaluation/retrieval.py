@@ -21,6 +21,7 @@ from vidlang.evaluation.scoring import (
     EncodedSet,
     encode_texts,
     encode_videos,
+    querybank_normalise,
     score_matrix,
 )
 from vidlang.models.blocks import Encoded
@@ -94,11 +95,56 @@ def similarity(model, dataset: VideoTextDataset, cfg: EvalConfig, batch_size: in
     return sim.cpu(), text_to_unit
 
 
+@torch.no_grad()
+def bank_similarity(model, dataset: VideoTextDataset, captions: list[str], cfg: EvalConfig, batch_size: int = 256,
+                    device="cpu") -> torch.Tensor:
+    """(bank captions, units) scores under ``cfg.scoring``: the bank of QB-Norm, against the units of
+    ``dataset`` (every rank computes it whole)."""
+    model.eval()
+    representative, _ = retrieval_units(dataset)
+    videos = encode_videos(model, _batches(dataset, representative, batch_size, device, ("video", "video_mask")))
+    items = [dataset.text_item(c) for c in captions]
+    warm = getattr(getattr(model, "text", None), "warm_cache", None)
+    if warm is not None:
+        warm([item["input_ids"].tolist() for item in items])
+    pad = torch.nn.utils.rnn.pad_sequence
+
+    def text_batches():
+        for a in range(0, len(items), batch_size):
+            chunk = items[a:a + batch_size]
+            yield tuple(pad([it[k] for it in chunk], batch_first=True).to(device)
+                        for k in ("input_ids", "attention_mask", "token_weights"))
+
+    texts = encode_texts(model, text_batches())
+    return score_matrix(model, videos, texts, scoring=cfg.scoring, token_scale=cfg.token_scale,
+                        rerank_topk=cfg.rerank_topk, batch_pairs=cfg.batch_pairs, distributed=False).cpu()
+
+
+def querybank_description(cfg: EvalConfig, bank_size: int) -> str:
+    """How QB-Norm was applied, for the results' scoring stamp ('' when it was not)."""
+    if not (cfg.querybank and bank_size):
+        return ""
+    return (f" + QB-Norm t2v (dynamic inverted softmax, bank of {bank_size} training captions, "
+            f"beta {cfg.querybank_beta:g} bank std)")
+
+
+def retrieval_scores(model, dataset: VideoTextDataset, sim: torch.Tensor, text_to_unit: list[int], cfg: EvalConfig,
+                     batch_size: int = 256, device="cpu") -> dict[str, float]:
+    """R@k both ways from ``sim``; with ``cfg.querybank`` and a ``dataset.querybank``, the t2v metrics
+    come from QB-Norm of ``sim`` (v2t from ``sim`` itself)."""
+    metrics = retrieval_metrics(sim, text_to_unit)
+    if not querybank_description(cfg, len(dataset.querybank)):
+        return metrics
+    bank = bank_similarity(model, dataset, dataset.querybank, cfg, batch_size, device)
+    std = float(bank.std())
+    normed = querybank_normalise(sim, bank, cfg.querybank_beta / max(std, 1e-12), dynamic=True)
+    return metrics | {k: v for k, v in retrieval_metrics(normed, text_to_unit).items() if k.startswith("t2v")}
+
+
 def evaluate_retrieval(model, dataset: VideoTextDataset, cfg: EvalConfig, batch_size: int = 256, device="cpu",
                        distributed: bool | None = None):
     sim, text_to_unit = similarity(model, dataset, cfg, batch_size, device, distributed)
-    metrics = retrieval_metrics(sim, text_to_unit)
-    return metrics
+    return retrieval_scores(model, dataset, sim, text_to_unit, cfg, batch_size, device)
 
 
 def evaluate_folder(loaded, data: str | Path, *, split: str | None = None, features: str | None = None,
@@ -116,7 +162,9 @@ def evaluate_folder(loaded, data: str | Path, *, split: str | None = None, featu
     info = held_out(loaded.checkpoint, (c.video_id for c in dataset.clips), allow_train_overlap)
     cfg = copy.copy(loaded.cfg.eval)
     cfg.scoring = scoring or cfg.scoring
+    dataset.querybank = list(loaded.meta.get("querybank") or []) if cfg.querybank else []
     sim, text_to_video = similarity(loaded.model, dataset, cfg, device=loaded.device)
-    info |= {"scoring": cfg.scoring, "protocol": stamp, "skipped": dict(dataset.skipped),
+    metrics = retrieval_scores(loaded.model, dataset, sim, text_to_video, cfg, device=loaded.device)
+    info |= {"scoring": cfg.scoring + querybank_description(cfg, len(dataset.querybank)), "protocol": stamp, "skipped": dict(dataset.skipped),
              "skipped_by_readers": dict(source.counter), "skipped_items": [*named_skips(source.counter), *named_skips(dataset.skipped)]}
-    return retrieval_metrics(sim, text_to_video), info
+    return metrics, info

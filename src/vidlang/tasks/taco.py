@@ -1,6 +1,7 @@
 """TACo retrieval as a task: video-caption pairs, L1 + λ_t·L2 + L3 (methods.md §1.3), R@k validation."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from vidlang.config import Config
@@ -8,7 +9,7 @@ from vidlang.data.dataset import VideoTextDataset, collate
 from vidlang.data.shard_stream import UniqueVideos, video_text_transform
 from vidlang.data.sources import open_source, split_clips
 from vidlang.errors import ConfigError
-from vidlang.evaluation.retrieval import evaluate_retrieval
+from vidlang.evaluation.retrieval import evaluate_retrieval, querybank_description
 from vidlang.io import cache_dir
 from vidlang.models.taco import TACo
 from vidlang.tasks.base import Experiment, Task, experiment_manifest, shard_training
@@ -43,10 +44,22 @@ def build_experiment(cfg: Config) -> Experiment:
         held_out = {c.video_id for c in [*val_clips, *splits.test]}
         train_stream, manifest["train_shards"], train_ids = shard_training(
             cfg, source.store.dim, transform, UniqueVideos(collate), held_out)
-    return Experiment(cfg, train_set, val_set, model, manifest, collate=collate,
-                      meta={"token_weighter": weighter.state_dict()},
+    meta = {"token_weighter": weighter.state_dict()}
+    if cfg.eval.querybank:  # QB-Norm's bank: a fixed draw of training captions, kept with every checkpoint
+        meta["querybank"] = querybank(train_set, cfg.eval.querybank)
+        for held in (val_set, test_set):
+            if held is not None:
+                held.querybank = meta["querybank"]
+    return Experiment(cfg, train_set, val_set, model, manifest, collate=collate, meta=meta,
                       summary=lambda: {"weighter_stats": dict(weighter.stats)}, test_set=test_set,
                       train_ids=train_ids, train_stream=train_stream)
+
+
+def querybank(train_set: VideoTextDataset, size: int) -> list[str]:
+    """``size`` training captions drawn without replacement by a fixed generator (the same bank for
+    every seed of a recipe), in training-set order."""
+    rows = np.random.default_rng(0).choice(len(train_set), min(size, len(train_set)), replace=False)
+    return [train_set.clips[i].caption for i in sorted(rows.tolist())]
 
 
 def forward(model, batch, cfg: Config, generator, shard) -> dict:
@@ -71,4 +84,5 @@ TASK = Task(
                                                                              distributed=distributed),
     show_keys=lambda cfg: ("t2v_R@1", "t2v_R@5", "v2t_R@1"),
     unused_parameters=lambda cfg: not cfg.taco.fusion_weight,  # the fusion encoder is then unused
+    scoring=lambda cfg: cfg.eval.scoring + querybank_description(cfg.eval, cfg.eval.querybank),
 )
