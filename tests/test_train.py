@@ -148,25 +148,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(tmp_path, data_dir):
     cmd = _cli(recipe, tiny_overrides(out, data_dir, *extra))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "step-000004" / "meta.json").exists():
-            assert proc.poll() is None, f"training ended before step 4:\n{proc.stdout.read()}"
-            assert time.monotonic() < deadline, "no checkpoint at step 4 after 120 s"
-            time.sleep(0.005)
-        # kill it mid-save when we can catch one (a half-written .tmp folder), else right away
-        catch = time.monotonic() + 2
-        while not list(out.glob(".tmp-step-*")) and time.monotonic() < catch and proc.poll() is None:
-            time.sleep(0.001)
-        assert proc.poll() is None, "the run finished before it could be killed: make it longer"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL
+    _kill_after(cmd, env, out, 4, mid_save=True)
 
     # what the killed run left: `latest` names a complete checkpoint, not the final one
     latest = ckpt.latest_checkpoint(out)
@@ -237,8 +219,9 @@ def test_warmed_text_cache_is_canonical_and_used():
     assert encoder.warm_cache(sequences) == 0
 
 
-def _kill_after(cmd: list[str], env: dict, out: Path, step: int, delay: float = 0.0) -> None:
-    """Run ``cmd`` until checkpoint ``step`` exists (plus ``delay`` seconds), then kill -9 it."""
+def _kill_after(cmd: list[str], env: dict, out: Path, step: int, delay: float = 0.0, mid_save: bool = False) -> None:
+    """Run ``cmd`` until checkpoint ``step`` exists (plus ``delay`` seconds), then kill -9 it; with
+    ``mid_save``, wait up to 2 s more for a half-written ``.tmp`` checkpoint folder to kill it in."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -247,6 +230,9 @@ def _kill_after(cmd: list[str], env: dict, out: Path, step: int, delay: float = 
             assert time.monotonic() < deadline, f"no checkpoint at step {step} after 180 s"
             time.sleep(0.005)
         time.sleep(delay)
+        catch = time.monotonic() + (2 if mid_save else 0)
+        while not list(out.glob(".tmp-step-*")) and time.monotonic() < catch and proc.poll() is None:
+            time.sleep(0.001)
         assert proc.poll() is None, "the run finished before it could be killed: make it longer"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -258,8 +244,8 @@ def _kill_after(cmd: list[str], env: dict, out: Path, step: int, delay: float = 
 
 
 def test_frozen_text_killed_three_times_equals_uninterrupted(tmp_path, data_dir):
-    """The frozen text encoder caches each caption's output; computed alone and unpadded, the cached
-    value does not depend on the batch that first met the caption, so a run killed three times and
+    """The frozen text encoder caches each caption's output, warmed in one canonical batching of the run's
+    captions, so the cached value does not depend on the batch that first met the caption: a run killed three times and
     resumed in fresh processes ends with the uninterrupted run's weights, bit for bit."""
     recipe = write_recipe(tmp_path / "recipe.yaml", data_dir)
     extra = ["train.steps=14", "train.save_every=2", "train.eval_every=0", "model.text_trainable_layers=0"]
