@@ -19,7 +19,7 @@ decoder 3; 768 wide, 12 heads; 32 words, 48 frames of 1024-d):
   caption   MV-GPT, mvgpt.objective=caption, full vocab    vs UniVL caption (stage two)
   bench     benchmarks/bench_train.train_case (its own paper setup), to re-check its MFU claims
 Plan items: SIDE:KIND[:key=value/...], SIDE in mm (KIND fp32|bf16), vl, univl; keys: batch, threads,
-steps, warmup, size (paper|small), autocast (bf16), model (bench: taco|mvgpt).
+steps, warmup, size (paper|small), autocast (bf16), model (bench: taco|mvgpt); mm items: n, reps.
 """
 from __future__ import annotations
 
@@ -249,7 +249,7 @@ def make_job(side: str, kind: str, opts: dict, a) -> dict:
                warmup=int(opts.get("warmup", a.warmup)), steps=int(opts.get("steps", a.steps)),
                count_flops=not a.no_flop_count)
     if side == "mm":
-        return dict(job, n=a.matmul_n, reps=a.matmul_reps)
+        return dict(job, n=int(opts.get("n", a.matmul_n)), reps=int(opts.get("reps", a.matmul_reps)))
     if kind == "bench":
         return dict(job, model=opts.get("model", "taco"), batch=int(opts.get("batch", 16)))
     return dict(job, size=opts.get("size", a.size), batch=int(opts.get("batch", 32)), autocast=opts.get("autocast"),
