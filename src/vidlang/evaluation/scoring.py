@@ -68,6 +68,17 @@ def _rows(encoded: EncodedSet, rows: slice) -> Encoded:
     return Encoded(e.tokens[rows], e.mask[rows], e.pooled[rows])
 
 
+def _weighted_tokens(texts: EncodedSet, rows: slice) -> tuple[Encoded, torch.Tensor]:
+    """The texts ``rows`` with only their weighted tokens (nouns and verbs; zero-weight padding up to the
+    most any text has), and those weights: s2 gets the same value from far fewer token similarities."""
+    sub, weights = _rows(texts, rows), texts.weights[rows]
+    keep = weights != 0
+    width = max(1, int(keep.sum(dim=1).max()))
+    order = torch.sort(keep.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
+    tokens = sub.tokens.gather(1, order[..., None].expand(-1, -1, sub.tokens.shape[-1]))
+    return Encoded(tokens, sub.mask.gather(1, order), sub.pooled), weights.gather(1, order)
+
+
 def _blocks(model, videos: EncodedSet, texts: EncodedSet, rows: range, text_chunk: int, budget: int):
     """(text slice, video slice, s1 block, s2 block) over texts ``rows`` × all videos, in blocks whose
     (texts, videos, tokens, frames) token-similarity tensor holds at most ``budget`` elements."""
@@ -77,12 +88,12 @@ def _blocks(model, videos: EncodedSet, texts: EncodedSet, rows: range, text_chun
     v_chunk = n_v if t_chunk * per_text <= budget else max(1, budget // (t_chunk * tokens * frames))
     for start in range(rows.start, rows.stop, t_chunk):
         t_rows = slice(start, min(start + t_chunk, rows.stop))
-        sub = _rows(texts, t_rows)
-        s1 = model.sentence_scores(videos.encoded, sub)
+        s1 = model.sentence_scores(videos.encoded, _rows(texts, t_rows))
+        weighted, weights = _weighted_tokens(texts, t_rows)
         for v_start in range(0, n_v, v_chunk):
             v_rows = slice(v_start, min(v_start + v_chunk, n_v))
-            sim = model.token_similarities(_rows(videos, v_rows), sub)
-            yield t_rows, v_rows, s1[:, v_rows], torch.einsum("ijp,ip->ij", sim, texts.weights[t_rows])
+            sim = model.token_similarities(_rows(videos, v_rows), weighted)
+            yield t_rows, v_rows, s1[:, v_rows], torch.einsum("ijp,ip->ij", sim, weights)
 
 
 @torch.no_grad()
