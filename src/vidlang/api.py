@@ -95,7 +95,7 @@ def caption(model: LoadedCaptioner, video, transcript: str | list | None = None,
     A path is decoded by the model's preprocess (the frame extractor of its training store).
     ``transcript``: the speech, for a model that reads it: a string (one per video in a list), or
     ``"asr"`` to transcribe each video path with Whisper (:func:`transcribe`). ``decoding``: method
-    (greedy | beam | nucleus), beam_size, max_len, ... (default: the checkpoint's config).
+    (greedy | beam | nucleus | rerank), beam_size, max_len, ... (default: the checkpoint's config).
     """
     if not isinstance(model, LoadedCaptioner):
         raise CheckpointError(f"caption needs an MV-GPT captioner; {getattr(model, 'checkpoint', model)} holds a TACo model")

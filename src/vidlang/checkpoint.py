@@ -34,11 +34,11 @@ def save_checkpoint(
     config_yaml: str,
     state: dict[str, Any] | None = None,
     keep: int = 2,
-    files: dict[str, str] | None = None,
+    files: dict[str, str | bytes] | None = None,
     best: bool = False,
 ) -> Path:
     """Write ``out_dir/step-XXXXXX`` atomically and point ``latest`` at it. Returns the folder.
-    ``files``: more text files for the folder by name (e.g. ``train_ids.txt``). ``best``: point
+    ``files``: more files for the folder by name, text or bytes (e.g. ``train_ids.txt``). ``best``: point
     ``best`` at it too, before ``latest``, so a kill never leaves ``latest`` ahead of a stale ``best``
     (a resumed run re-points ``best`` from its state: :func:`point_best`)."""
     out_dir = Path(out_dir)
@@ -53,8 +53,11 @@ def save_checkpoint(
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
     meta = {"format_version": FORMAT_VERSION, "step": step, **meta}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    for name, text in (files or {}).items():
-        (tmp / name).write_text(text, encoding="utf-8")
+    for name, content in (files or {}).items():
+        if isinstance(content, bytes):
+            (tmp / name).write_bytes(content)
+        else:
+            (tmp / name).write_text(content, encoding="utf-8")
     for f in tmp.iterdir():  # make the files durable before the rename publishes them
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

@@ -163,13 +163,14 @@ class ProbeConfig:
 class DecodeConfig:
     """Caption decoding (MV-GPT; methods.md §2.4/§2.6 default: beam 4, at most 30 tokens)."""
 
-    method: str = "beam"  # greedy | beam | nucleus
+    method: str = "beam"  # greedy | beam | nucleus | rerank (evaluation/caption_rerank.py; beyond the paper)
     max_len: int = 30  # most generated tokens, the end token included
     beam_size: int = 4  # beam search width
     length_penalty: float = 1.0  # beam score = sum log p / length**length_penalty (0: plain sum)
     no_repeat_ngram: int = 0  # forbid repeating any n-gram of this size; 0: off
     top_p: float = 0.9  # nucleus sampling mass, in (0, 1]
     temperature: float = 1.0  # nucleus sampling temperature, > 0
+    rerank_neighbours: int = 10  # rerank: nearest training videos whose captions the pick must agree with
 
 
 @dataclass

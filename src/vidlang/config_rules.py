@@ -32,7 +32,7 @@ VALUE_CHECKS = {
     "mvgpt.fg_weight": ">=0", "mvgpt.bg_weight": ">=0", "mvgpt.mlm_weight": ">=0", "mvgpt.mask_prob": "[0,1]",
     "mvgpt.freeze_visual_steps": ">=0",
     "decode.max_len": ">=1", "decode.beam_size": ">=1", "decode.no_repeat_ngram": ">=0", "decode.top_p": "(0,1]",
-    "decode.temperature": ">0",
+    "decode.temperature": ">0", "decode.rerank_neighbours": ">=1",
     "train.steps": ">=0", "train.batch_size": ">=1", "train.lr": ">0", "train.text_lr": ">=0",
     "train.weight_decay": ">=0", "train.warmup_steps": ">=0", "train.grad_clip": ">=0", "train.eval_every": ">=0",
     "train.save_every": ">=1", "train.log_every": ">=1", "train.threads": ">=0", "train.grad_accum_steps": ">=1",
@@ -42,7 +42,7 @@ VALUE_CHECKS = {
 CHOICES = {
     "model.text_pooling": ("cls", "mean"), "taco.negatives": ("cascade", "random"),
     "mvgpt.visual": ("features", "vivit"), "mvgpt.output_vocab": ("full", "train"),
-    "decode.method": ("greedy", "beam", "nucleus"), "train.optimizer": ("adam", "adamw"),
+    "decode.method": ("greedy", "beam", "nucleus", "rerank"), "train.optimizer": ("adam", "adamw"),
     "train.dist_backend": ("auto", "gloo", "nccl"), "train.resume": ("auto", "force"),
 }
 

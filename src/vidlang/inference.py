@@ -27,6 +27,7 @@ from vidlang.data.dataset import (
 from vidlang.data.features import FeatureStore, validate_features
 from vidlang.data.records import Clip
 from vidlang.errors import CheckpointError, DataError
+from vidlang.evaluation.caption_rerank import BANK_FILE, CaptionBank, candidate_pools, check_neighbours, pick_by_neighbours
 from vidlang.evaluation.scoring import EncodedSet, encode_texts, encode_videos
 from vidlang.extract.extractor import read_store_record
 from vidlang.extract.preprocess import Preprocess
@@ -83,6 +84,7 @@ class LoadedCaptioner(_Unpacks):
     checkpoint: Path
     meta: dict
     device: torch.device = torch.device("cpu")
+    caption_bank: CaptionBank | None = None  # decode.method=rerank: the training videos' captions
 
 
 def load_model(path: str | Path, which: str = "best", kind: str | None = None,
@@ -100,7 +102,8 @@ def load_model(path: str | Path, which: str = "best", kind: str | None = None,
     model, cfg, meta = model_from_checkpoint(folder, kind or None, cfg)
     model.to(device)
     if meta["model"] == "mvgpt":
-        return LoadedCaptioner(model, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta, device)
+        bank = CaptionBank.load(folder / BANK_FILE) if (folder / BANK_FILE).is_file() else None
+        return LoadedCaptioner(model, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta, device, bank)
     weighter = TokenWeighter.from_state_dict(meta["token_weighter"])
     return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta, device)
 
@@ -151,7 +154,7 @@ def save_pretrained(loaded: LoadedModel | LoadedCaptioner, out: str | Path, over
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in ("model.safetensors", "meta.json", "config.yaml", ckpt.TRAIN_IDS):
+    for name in ("model.safetensors", "meta.json", "config.yaml", ckpt.TRAIN_IDS, BANK_FILE):
         if (loaded.checkpoint / name).is_file():
             shutil.copy2(loaded.checkpoint / name, tmp / name)
     encoder = resolve_text_encoder(loaded.cfg.model.text_encoder)
@@ -262,7 +265,7 @@ def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], tr
     """Caption (T, D) feature arrays (one array -> one string; a list -> a list).
 
     ``transcript``: the clip's speech (one string per array, or None) when the model reads one;
-    ``method`` greedy | beam | nucleus and ``settings`` (beam_size, max_len, ...) default to the
+    ``method`` greedy | beam | nucleus | rerank and ``settings`` (beam_size, max_len, ...) default to the
     checkpoint's ``mvgpt`` config.
     """
     if not isinstance(loaded, LoadedCaptioner):
@@ -274,12 +277,22 @@ def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], tr
     transcripts = [transcript] * len(features) if transcript is None or isinstance(transcript, str) else list(transcript)
     if len(transcripts) != len(features):
         raise DataError(f"{len(transcripts)} transcripts for {len(features)} feature arrays")
+    rerank = (method or loaded.cfg.decode.method) == "rerank"
+    if rerank:
+        k = settings.pop("rerank_neighbours", loaded.cfg.decode.rerank_neighbours)
+        check_neighbours(k, loaded.caption_bank, str(loaded.checkpoint))
     tok, out = loaded.tokenizer, []
     for a in range(0, len(features), batch_size):
         video, mask = _video_batch(loaded, features[a:a + batch_size])
         enc = tok([(t or "").strip() for t in transcripts[a:a + batch_size]], truncation=True,
                   max_length=loaded.cfg.data.max_words, padding=True, return_tensors="pt")
-        ids = loaded.model.generate(video, mask, enc["input_ids"].to(loaded.device), enc["attention_mask"].to(loaded.device),
-                                    method=method, **settings)
+        text = (enc["input_ids"].to(loaded.device), enc["attention_mask"].to(loaded.device))
+        if rerank:  # candidates now, one pick for all at the end
+            out += candidate_pools(loaded.model, tok, video, mask, *text, **settings)
+            continue
+        ids = loaded.model.generate(video, mask, *text, method=method, **settings)
         out += [tok.decode(seq, skip_special_tokens=True).strip() for seq in ids]
+    if rerank:
+        pooled = np.stack([np.asarray(f, dtype=np.float32).mean(axis=0) for f in features])
+        out = pick_by_neighbours(out, pooled, loaded.caption_bank, k)
     return out[0] if single else out

@@ -294,7 +294,7 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
         if multi:
             state["torch_rng_ranks"] = rng_states
         return ckpt.save_checkpoint(out_dir, step, model, {**meta, "best": best, "world_size": world}, config_yaml, state,
-                                    files={ckpt.TRAIN_IDS: train_ids}, best=is_best)
+                                    files={ckpt.TRAIN_IDS: train_ids, **exp.files}, best=is_best)
 
     def loss_fn(batch):
         shard = distributed.batch_shard(len(batch))

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transcripts", help="timed transcripts (HowTo100M json / jsonl) read beside the frames")
     p.add_argument("--transcript", help="with a .npy: the clip's speech, if the model reads one")
     p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint of a run folder")
-    p.add_argument("--method", choices=["greedy", "beam", "nucleus"], help="decoding (default: the checkpoint's config)")
+    p.add_argument("--method", choices=["greedy", "beam", "nucleus", "rerank"], help="decoding (default: the checkpoint's config)")
     p.add_argument("--beam-size", type=int)
     p.add_argument("--max-len", type=int, help="most generated tokens")
     p.add_argument("--no-meteor", action="store_true", help="leave METEOR out (no Java METEOR run); says so in the result")

@@ -17,6 +17,7 @@ from vidlang.data.records import Clip, named_skips
 from vidlang.data.sources import open_data
 from vidlang.errors import CheckpointError, DataError
 from vidlang.evaluation.caption_metrics import CaptionScorer
+from vidlang.evaluation.caption_rerank import candidate_pools, check_neighbours, pick_by_neighbours, pooled_features
 from vidlang.evaluation.protocol import held_out
 from vidlang.models.mvgpt import MVGPT, parse_objective
 from vidlang.text.pretrained import load_tokenizer
@@ -56,10 +57,20 @@ def dataset_references(dataset: CaptionDataset) -> dict[str, list[str]]:
 @torch.no_grad()
 def generate_captions(model: MVGPT, dataset: CaptionDataset, tokenizer, batch_size: int = 64, device="cpu",
                       **settings) -> dict[str, str]:
-    """``{clip key: caption}`` for one item per key of ``dataset`` (``settings``: see MVGPT.generate)."""
+    """``{clip key: caption}`` for one item per key of ``dataset`` (``settings``: see MVGPT.generate;
+    ``method="rerank"`` needs ``dataset.caption_bank``, see evaluation/caption_rerank.py)."""
     model.eval()
     out: dict[str, str] = {}
     indices = first_per_key(dataset)
+    if (settings.get("method") or model.cfg.decode.method) == "rerank":
+        settings.pop("method", None)
+        k = settings.pop("rerank_neighbours", model.cfg.decode.rerank_neighbours)
+        bank = getattr(dataset, "caption_bank", None)
+        check_neighbours(k, bank, "this run")
+        pools = [pool for batch in _batches(dataset, indices, batch_size, device) for pool in candidate_pools(
+            model, tokenizer, batch.video, batch.video_mask, batch.transcript_ids, batch.transcript_mask, **settings)]
+        picked = pick_by_neighbours(pools, pooled_features(dataset, indices), bank, k)
+        return {dataset.keys[i]: caption for i, caption in zip(indices, picked)}
     for start, batch in zip(range(0, len(indices), batch_size), _batches(dataset, indices, batch_size, device)):
         ids = model.generate(batch.video, batch.video_mask, batch.transcript_ids, batch.transcript_mask, **settings)
         for i, seq in zip(indices[start:start + batch_size], ids):
@@ -88,14 +99,20 @@ def validation_losses(model: MVGPT, dataset: CaptionDataset, batch_size: int = 6
 
 def evaluate_captioning(model: MVGPT, dataset: CaptionDataset, cfg: Config, device="cpu",
                         distributed: bool | None = None, scorer: CaptionScorer | None = None) -> dict[str, float]:
-    """Validation: losses; for a captioning objective also greedy captions scored against all
-    references (BLEU-1..4, ROUGE-L, CIDEr; no METEOR). Every rank computes the same (no sharding)."""
+    """Validation: losses; for a captioning objective also captions scored against all references
+    (BLEU-1..4, ROUGE-L, CIDEr; no METEOR): greedy, or reranked where the recipe decodes so
+    (:func:`validation_decoding`). Every rank computes the same (no sharding)."""
     metrics = validation_losses(model, dataset, device=device)
     if not is_pretraining(cfg):
         tokenizer = load_tokenizer(cfg.model.text_encoder)
-        preds = generate_captions(model, dataset, tokenizer, device=device, method="greedy")
+        preds = generate_captions(model, dataset, tokenizer, device=device, method=validation_decoding(cfg))
         metrics.update(score_captions(preds, dataset_references(dataset), scorer or CaptionScorer(meteor=False)))
     return metrics
+
+
+def validation_decoding(cfg: Config) -> str:
+    """Validation and the test split decode greedily (fast, every eval), unless the recipe reranks."""
+    return "rerank" if cfg.decode.method == "rerank" else "greedy"
 
 
 def score_captions(predictions: Mapping[str, str], references: Mapping[str, list[str]],
@@ -113,6 +130,8 @@ def decoding_name(cfg: Config, method: str | None = None, **settings) -> str:
     max_len = settings.get("max_len", g.max_len)
     if method == "beam":
         return f"beam{settings.get('beam_size', g.beam_size)}-lp{settings.get('length_penalty', g.length_penalty)}-max{max_len}"
+    if method == "rerank":
+        return f"rerank{settings.get('rerank_neighbours', g.rerank_neighbours)}-max{max_len}"
     if method == "nucleus":
         return f"nucleus-p{settings.get('top_p', g.top_p)}-t{settings.get('temperature', g.temperature)}-max{max_len}"
     return f"{method}-max{max_len}"
@@ -133,6 +152,7 @@ def caption_folder(loaded, data: str | Path, *, split: str | None = None, annota
     if not clips:
         raise DataError(f"no annotated clip of {data} has features in {features or data}")
     dataset = caption_dataset(clips, store, loaded.tokenizer, cfg, skip_bad, expected_dim=loaded.model.video_dim)
+    dataset.caption_bank = getattr(loaded, "caption_bank", None)
     scored = held_out(loaded.checkpoint, (c.video_id for c in dataset.clips), allow_train_overlap)
     with CaptionScorer(meteor=meteor) as scorer:  # preflight (Java) before the slow decoding
         preds = generate_captions(loaded.model, dataset, loaded.tokenizer, batch_size, device=getattr(loaded, "device", "cpu"),

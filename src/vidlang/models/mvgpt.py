@@ -77,7 +77,7 @@ class MVGPT(nn.Module):
             raise ConfigError(f"mvgpt.label_smoothing must be in [0, 1), got {g.label_smoothing}")
         if not 0.0 <= g.mask_prob <= 1.0:
             raise ConfigError(f"mvgpt.mask_prob must be in [0, 1], got {g.mask_prob}")
-        decoding.check_settings(d.method, d.max_len, d.beam_size, d.top_p, d.temperature, d.no_repeat_ngram)
+        decoding.check_settings("greedy" if d.method == "rerank" else d.method, d.max_len, d.beam_size, d.top_p, d.temperature, d.no_repeat_ngram)
         self.ids = self._special_ids(m.text_encoder)
 
         # 1. multimodal encoder
@@ -269,6 +269,8 @@ class MVGPT(nn.Module):
         """
         g, d = self.cfg.mvgpt, self.cfg.decode
         method = method or d.method
+        if method == "rerank":  # several decodings and the training captions: evaluation/caption_rerank.py
+            raise ConfigError("decode.method=rerank is done by vidlang.caption / generate_captions, not MVGPT.generate")
         if not g.use_transcript:
             transcript_ids = torch.tensor([[self.ids["cls"], self.ids["sep"]]], device=video.device).expand(len(video), 2)
             transcript_mask = torch.ones_like(transcript_ids)

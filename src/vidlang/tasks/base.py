@@ -30,6 +30,7 @@ class Experiment:
     summary: Callable[[], dict] = dict  # more for summary.json at the end (e.g. token-weight statistics)
     test_set: torch.utils.data.Dataset | None = None  # data.test_split: scored once, after training
     train_ids: list[str] = field(default_factory=list)  # training video ids, kept beside every checkpoint
+    files: dict[str, str | bytes] = field(default_factory=dict)  # more files for every checkpoint folder
     # (batch_size, seed, num_workers, rank, world) -> a resumable stream (next, state, load_state) that
     # replaces the unique-video BatchStream over train_set, e.g. a sharded store (data.shards); None: BatchStream
     train_stream: Callable[[int, int, int, int, int], Any] | None = None

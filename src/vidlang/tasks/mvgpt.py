@@ -6,8 +6,9 @@ The training loop (train.py) is shared with every task; this module gives it wha
   time-stamped transcript (``data.transcripts``) attached by time; pretraining (``mvgpt.objective``
   other than ``caption``) pairs the transcript's utterances into (present, future) clips;
 - the step: ``MVGPT(batch)`` losses, the visual freeze schedule (§2.4);
-- validation: the loss on the validation clips, and for captioning greedy captions scored with
-  BLEU/ROUGE-L/CIDEr (METEOR's JVM is left for ``vidlang caption``).
+- validation: the loss on the validation clips, and for captioning greedy captions (reranked ones
+  under ``decode.method=rerank``, whose training-caption bank is kept with every checkpoint) scored
+  with BLEU/ROUGE-L/CIDEr (METEOR's JVM is left for ``vidlang caption``).
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from vidlang.data.narration import collate_captions, pair_utterances
 from vidlang.data.shard_stream import caption_transform
 from vidlang.data.sources import Source, open_source, split_clips
 from vidlang.errors import ConfigError
+from vidlang.evaluation.caption_rerank import BANK_FILE, build_caption_bank
 from vidlang.evaluation.captioning import (
     caption_dataset,
     evaluate_captioning,
     is_pretraining,
+    validation_decoding,
 )
 from vidlang.models.mvgpt import MVGPT
 from vidlang.tasks.base import Experiment, Task, experiment_manifest, shard_training
@@ -69,8 +72,20 @@ def build_caption_experiment(cfg: Config) -> Experiment:
         held_out = {c.video_id for c in [*val_clips, *splits.test]}
         train_stream, manifest["train_shards"], train_ids = shard_training(
             cfg, source.store.dim, transform, collate_captions, held_out)
+    files = {}
+    if cfg.decode.method == "rerank" and not is_pretraining(cfg):  # the training captions a pick must agree with
+        bank = build_caption_bank(train_set)
+        files[BANK_FILE] = bank.to_bytes()
+        for held in (val_set, test_set):
+            if held is not None:
+                held.caption_bank = bank
     return Experiment(cfg, train_set, val_set, model, manifest, collate=collate_captions, meta=meta, test_set=test_set,
-                      train_ids=train_ids, train_stream=train_stream)
+                      train_ids=train_ids, train_stream=train_stream, files=files)
+
+
+def validation_stamp(cfg: Config) -> str:
+    method = validation_decoding(cfg)
+    return f"rerank{cfg.decode.rerank_neighbours}" if method == "rerank" else method
 
 
 def validation_keys(cfg: Config) -> tuple[str, ...]:
@@ -88,5 +103,5 @@ TASK = Task(
     evaluate=evaluate_captioning,
     show_keys=validation_keys,
     before_step=lambda model, step: model.set_step(step),
-    scoring=lambda cfg: "losses" if is_pretraining(cfg) else "greedy captions, all references",
+    scoring=lambda cfg: "losses" if is_pretraining(cfg) else f"{validation_stamp(cfg)} captions, all references",
 )

@@ -1,0 +1,120 @@
+"""decode.method=rerank: candidates from several decodings, the pick agreeing with the nearest training videos."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import N_TRAIN, read_annotations_json
+from helpers import MVGPT_TINY
+
+from vidlang.errors import CheckpointError, ConfigError
+from vidlang.evaluation.baselines import rerank_by_neighbours
+from vidlang.evaluation.caption_rerank import BANK_FILE, CaptionBank, pick_by_neighbours
+
+# what the patched decoder says under each candidate decoding (fixture words: see conftest.scene)
+SAYS = {"greedy": "a man slices a tomato", "beam": "a dog throws a ball", "beam-nr2": "the woman is eating the cake"}
+
+
+def test_pick_follows_the_nearest_training_videos_and_keeps_empty_pools_empty():
+    e = np.eye(4, dtype=np.float32)
+    bank = CaptionBank(["v0", "v1", "v2", "v3"],
+                       [["a dog runs in a park", "a dog runs on grass"], ["a brown dog runs in the park"],
+                        ["a man is cooking food", "a man cooks in a kitchen"], ["a man cooks pasta in a kitchen"]],
+                       np.stack([e[0] + 0.1 * e[1], e[0], e[2], e[2] + 0.1 * e[3]]))
+    pool = ["a dog runs in a park", "a man cooks in a kitchen"]
+    picked = pick_by_neighbours([pool, pool, []], np.stack([e[2], e[0], e[1]]), bank, 2)
+    assert picked == ["a man cooks in a kitchen", "a dog runs in a park", ""]
+
+
+def test_bank_round_trips_and_a_bad_file_is_named(tmp_path):
+    bank = CaptionBank(["a", "b"], [["x y"], ["z", "w v"]], np.arange(6, dtype=np.float32).reshape(2, 3))
+    (tmp_path / BANK_FILE).write_bytes(bank.to_bytes())
+    back = CaptionBank.load(tmp_path / BANK_FILE)
+    assert back.keys == bank.keys and back.captions == bank.captions and np.array_equal(back.features, bank.features)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a bank")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        CaptionBank.load(tmp_path / "bad.safetensors")
+
+
+@pytest.fixture()
+def patched_decoder(monkeypatch):
+    """MVGPT.generate says one fixed sentence per decoding, so each pool holds three different captions."""
+    from vidlang.models.mvgpt import MVGPT
+    from vidlang.text.pretrained import load_tokenizer
+
+    real = MVGPT.generate
+
+    def generate(self, video, *args, method=None, **settings):
+        real(self, video, *args, method=method, **settings)  # the real decoder still runs with these settings
+        tok = load_tokenizer(self.cfg.model.text_encoder)
+        name = "beam-nr2" if settings.get("no_repeat_ngram") == 2 else (method or self.cfg.decode.method)
+        return [tok(SAYS[name], add_special_tokens=False)["input_ids"]] * video.shape[0]
+
+    monkeypatch.setattr(MVGPT, "generate", generate)
+
+
+@pytest.fixture(scope="module")
+def reranking_run(tmp_path_factory, data_dir) -> Path:
+    from vidlang.config import load_config
+    from vidlang.train import train
+
+    out = tmp_path_factory.mktemp("rerank") / "run"
+    train(load_config(None, [*MVGPT_TINY, f"data.root={data_dir}", "data.train_split=train", "data.val_split=validate",
+                             "decode.method=rerank", "decode.rerank_neighbours=3", "eval.metric=CIDEr", "train.steps=2", "train.save_every=2",
+                             "train.eval_every=2", "train.threads=1", "train.batch_size=8", "data.max_frames=6",
+                             f"train.out_dir={out}"]), progress=False)
+    return out
+
+
+def test_a_reranking_run_keeps_its_training_captions_and_says_how_it_scored(reranking_run, data_dir):
+    import vidlang
+
+    checkpoint = vidlang.load_model(reranking_run)
+    ann = read_annotations_json(data_dir)
+    train_ids = [f"video{i}" for i in range(N_TRAIN)]
+    assert checkpoint.caption_bank.keys == train_ids  # training videos only, never a validation one
+    assert checkpoint.caption_bank.captions == [ann[v]["captions"] for v in train_ids]
+    feats = np.load(data_dir / "features.npy")
+    assert np.allclose(checkpoint.caption_bank.features, feats[:N_TRAIN].mean(axis=1), atol=1e-6)
+    from vidlang.tasks.mvgpt import TASK
+
+    assert TASK.scoring(checkpoint.cfg) == "rerank3 captions, all references"  # validation and test say so
+
+
+def test_caption_reranks_as_a_plain_loop_over_the_files_would(reranking_run, data_dir, tmp_path, patched_decoder,
+                                                              capsys):
+    import vidlang
+    from vidlang.cli import main
+
+    ann, feats = read_annotations_json(data_dir), np.load(data_dir / "features.npy")
+    ids = [f"video{i}" for i in range(len(feats))]
+    held = [i for i, v in enumerate(ids) if ann[v]["split"] != "train"]
+    split = tmp_path / "held.txt"
+    split.write_text("".join(f"{ids[i]}\n" for i in held))
+    assert main(["caption", str(reranking_run), "--data", str(data_dir), "--split", str(split), "--no-meteor",
+                 "--json", "--out", str(tmp_path / "r.json")]) in (0, None)
+    out = json.loads(capsys.readouterr().out)
+    assert out["decoding"].startswith("rerank3")
+    got = {row["id"]: row["caption"] for row in map(json.loads, open(out["captions_file"]))}
+    pools = [list(SAYS.values())] * len(held)
+    want = rerank_by_neighbours(pools, feats[:N_TRAIN], [ann[v]["captions"] for v in ids[:N_TRAIN]], feats[held], 3)
+    assert [got[ids[i]] for i in held] == want and len(set(want)) > 1
+    # the Python API on one array picks the same
+    assert vidlang.caption(vidlang.load_model(reranking_run), feats[held[0]]) == want[0]
+
+
+def test_rerank_without_a_bank_is_a_named_error(data_dir, tmp_path):
+    import vidlang
+    from vidlang.config import load_config
+    from vidlang.train import train
+
+    out = tmp_path / "greedy"
+    train(load_config(None, [*MVGPT_TINY, f"data.root={data_dir}", "data.train_split=train", "data.val_split=none",
+                             "train.steps=1", "train.save_every=1", "train.eval_every=0", "train.threads=1",
+                             "train.batch_size=8", f"train.out_dir={out}"]), progress=False)
+    loaded = vidlang.load_model(out)
+    assert loaded.caption_bank is None and not list(out.glob(f"*/{BANK_FILE}"))
+    with pytest.raises(ConfigError, match=BANK_FILE):
+        vidlang.caption(loaded, np.ones((6, 8), np.float32), method="rerank")
