@@ -68,7 +68,7 @@ def reranking_run(tmp_path_factory, data_dir) -> Path:
     return out
 
 
-def test_a_reranking_run_keeps_its_training_captions_and_says_how_it_scored(reranking_run, data_dir):
+def test_a_reranking_run_keeps_its_training_captions_and_says_how_it_scored(reranking_run, data_dir, tmp_path):
     import vidlang
 
     checkpoint = vidlang.load_model(reranking_run)
@@ -81,6 +81,10 @@ def test_a_reranking_run_keeps_its_training_captions_and_says_how_it_scored(rera
     from vidlang.tasks.mvgpt import TASK
 
     assert TASK.scoring(checkpoint.cfg) == "rerank3 captions, all references"  # validation and test say so
+    from vidlang.inference import save_pretrained
+
+    shared = vidlang.load_model(save_pretrained(checkpoint, tmp_path / "shared"))  # a model folder keeps the bank
+    assert shared.caption_bank.keys == train_ids
 
 
 def test_caption_reranks_as_a_plain_loop_over_the_files_would(reranking_run, data_dir, tmp_path, patched_decoder,
