@@ -122,3 +122,10 @@ def test_rerank_without_a_bank_is_a_named_error(data_dir, tmp_path):
     assert loaded.caption_bank is None and not list(out.glob(f"*/{BANK_FILE}"))
     with pytest.raises(ConfigError, match=BANK_FILE):
         vidlang.caption(loaded, np.ones((6, 8), np.float32), method="rerank")
+
+
+def test_rerank_refuses_settings_its_fixed_decodings_ignore(reranking_run):
+    import vidlang
+
+    with pytest.raises(ConfigError, match="beam_size"):
+        vidlang.caption(vidlang.load_model(reranking_run), np.ones((6, 8), np.float32), beam_size=8)

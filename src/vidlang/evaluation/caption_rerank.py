@@ -90,8 +90,11 @@ def check_neighbours(k: int, bank: CaptionBank | None, where: str) -> None:
 
 @torch.no_grad()
 def candidate_pools(model, tokenizer, video, video_mask, transcript_ids, transcript_mask, **settings) -> list[list[str]]:
-    """Each clip's distinct non-empty captions under every candidate decoding (``settings``, e.g.
-    max_len, apply to each)."""
+    """Each clip's distinct non-empty captions under every candidate decoding (``settings``: only
+    max_len, applied to each; the decodings themselves are fixed)."""
+    if set(settings) - {"max_len"}:
+        raise ConfigError(f"decode.method=rerank takes max_len only, not {sorted(set(settings) - {'max_len'})}: "
+                          "its candidate decodings are fixed (evaluation/caption_rerank.py)")
     runs = []
     for decoding in CANDIDATE_DECODINGS:
         ids = model.generate(video, video_mask, transcript_ids, transcript_mask, **decoding, **settings)
