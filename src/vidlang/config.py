@@ -144,6 +144,12 @@ class MVGPTConfig:
     mask_bert_style: bool = True  # masked tokens: 80% [MASK], 10% random, 10% kept; false: all [MASK]
     freeze_visual_steps: int = 0  # the visual encoder is frozen for steps < this, then trained (§2.4 †)
     use_transcript: bool = True  # captioning reads the ASR transcript beside the frames (V+T); false: V only
+    # self-critical sequence training (Rennie et al. 2017; beyond the paper): the last scst_steps of train.steps
+    # maximise the CIDEr-D of sampled captions against each training clip's references (caption objective only)
+    scst_steps: int = 0  # 0: cross-entropy throughout
+    scst_samples: int = 5  # captions sampled per clip (multinomial, temperature 1)
+    scst_baseline: str = "greedy"  # greedy: the greedy caption's reward (Rennie) | mean: the other samples' (Luo 2020)
+    scst_lr_scale: float = 0.1  # the SCST phase's constant lr, as a share of train.lr / train.text_lr
 
 
 @dataclass

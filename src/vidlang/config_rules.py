@@ -30,7 +30,8 @@ VALUE_CHECKS = {
     "mvgpt.vivit_spatial_layers": ">=0", "mvgpt.vivit_temporal_layers": ">=0", "mvgpt.decoder_layers": ">=1",
     "mvgpt.decoder_heads": ">=1", "mvgpt.min_utterance_words": ">=1", "mvgpt.max_target_len": ">=2",
     "mvgpt.fg_weight": ">=0", "mvgpt.bg_weight": ">=0", "mvgpt.mlm_weight": ">=0", "mvgpt.mask_prob": "[0,1]",
-    "mvgpt.freeze_visual_steps": ">=0",
+    "mvgpt.freeze_visual_steps": ">=0", "mvgpt.scst_steps": ">=0", "mvgpt.scst_samples": ">=1",
+    "mvgpt.scst_lr_scale": ">0",
     "decode.max_len": ">=1", "decode.beam_size": ">=1", "decode.no_repeat_ngram": ">=0", "decode.top_p": "(0,1]",
     "decode.temperature": ">0", "decode.rerank_neighbours": ">=1",
     "train.steps": ">=0", "train.batch_size": ">=1", "train.lr": ">0", "train.text_lr": ">=0",
@@ -42,6 +43,7 @@ VALUE_CHECKS = {
 CHOICES = {
     "model.text_pooling": ("cls", "mean"), "taco.negatives": ("cascade", "random"),
     "mvgpt.visual": ("features", "vivit"), "mvgpt.output_vocab": ("full", "train"),
+    "mvgpt.scst_baseline": ("greedy", "mean"),
     "decode.method": ("greedy", "beam", "nucleus", "rerank"), "train.optimizer": ("adam", "adamw"),
     "train.dist_backend": ("auto", "gloo", "nccl"), "train.resume": ("auto", "force"),
 }

@@ -112,6 +112,17 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
     return (nll * weights).sum() / weights.sum().clamp_min(1.0)
 
 
+def self_critical_loss(sequence_log_probs: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """Self-critical sequence training (Rennie et al. 2017, eq. 7-9): for each sampled caption w^s,
+    -(r(w^s) - b) * log p(w^s), averaged over the samples. ``sequence_log_probs`` (N,) are the sums of
+    the sampled tokens' log-probabilities; the advantage r - b carries no gradient."""
+    if not (sequence_log_probs.shape == rewards.shape == baseline.shape):
+        raise ValueError(f"shapes differ: log-probs {tuple(sequence_log_probs.shape)}, rewards "
+                         f"{tuple(rewards.shape)}, baseline {tuple(baseline.shape)}")
+    advantage = (rewards - baseline).detach().to(sequence_log_probs.dtype)
+    return -(advantage * sequence_log_probs).mean()
+
+
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """MLM: mean cross-entropy over the positions whose label is not ``IGNORE``; 0 when none is."""
     return caption_loss(logits, labels.clamp_min(0), labels != IGNORE)

@@ -193,7 +193,7 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     model, device = exp.model, pick_device(t_cfg.device)
     model.to(device)
     optimizer = make_optimizer(model, t_cfg)
-    schedule = warmup_linear(t_cfg.warmup_steps, t_cfg.steps)
+    schedule = task.lr_schedule(cfg, warmup_linear)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     if exp.train_stream is not None:  # the task streams its training batches itself (e.g. data.shards)
         stream = exp.train_stream(t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers, rank, world)

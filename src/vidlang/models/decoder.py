@@ -153,7 +153,7 @@ class CaptionDecoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None, memory: Encoded, cache: DecoderCache | None = None,
                 start_pos: int | None = None, *, inputs_embeds: torch.Tensor | None = None, causal: bool = True,
-                padding_mask: torch.Tensor | None = None, only: torch.Tensor | None = None,
+                padding_mask: torch.Tensor | None = None, only: torch.Tensor | None = None, subset: bool = False,
                 ) -> tuple[torch.Tensor, DecoderCache]:
         """Logits (B, n, V) of the n new tokens, and the cache extended by them.
 
@@ -163,7 +163,8 @@ class CaptionDecoder(nn.Module):
         true on real tokens hides padding from self-attention (needed only when not causal).
         ``only`` (B, n) bool: logits of those positions alone, flattened to (P, V), over the output
         vocabulary (training: the vocabulary projection dominates the cost, and padded or unmasked
-        positions need none); targets then go through :meth:`output_targets`.
+        positions need none); targets then go through :meth:`output_targets`. ``subset``: every
+        position's logits over the output vocabulary alone (decoding; column j is ``vocab_ids[j]``).
         """
         cache = cache if cache is not None else self.start_cache(memory)
         past = cache.length
@@ -192,5 +193,5 @@ class CaptionDecoder(nn.Module):
             x, kv = layer(x, past_kv, self_mask, cache.cross_kv[i], cross_mask)
             new_kv.append(kv)
         hidden = self.ln_final(x)
-        logits = self.lm_logits(hidden) if only is None else self.lm_logits(hidden[only.bool()], subset=True)
+        logits = self.lm_logits(hidden, subset) if only is None else self.lm_logits(hidden[only.bool()], subset=True)
         return logits, DecoderCache(new_kv, cache.cross_kv, cache.memory_mask)

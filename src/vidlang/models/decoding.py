@@ -39,25 +39,44 @@ def check_settings(method: str = "greedy", max_len: int = 30, beam_size: int = 1
 
 
 class _Stepper:
-    """Next-token log-probabilities of a batch of prefixes, incrementally (cache) or from scratch."""
+    """Next-token log-probabilities of a batch of prefixes, incrementally (cache) or from scratch.
+
+    With an output vocabulary (the decoder's ``vocab_ids``) the columns are its tokens alone, which
+    makes each step's projection, sort and draw as small as that vocabulary: :meth:`ids` maps
+    columns to token ids, :meth:`columns` token ids to columns."""
 
     def __init__(self, decoder, memory: Encoded, use_cache: bool):
         self.decoder, self.memory, self.use_cache, self.cache = decoder, memory, use_cache, None
+        self.vocab = getattr(decoder, "vocab_ids", None)
+        self.lookup = getattr(decoder, "vocab_lookup", None)
+        self.subset = {} if self.vocab is None else {"subset": True}
+        self.token_of = None if self.vocab is None else self.vocab.tolist()
 
     def __call__(self, seqs: torch.Tensor) -> torch.Tensor:
         if self.use_cache:
             fresh = self.cache is None
-            logits, self.cache = self.decoder(seqs if fresh else seqs[:, -1:], self.memory, self.cache)
+            logits, self.cache = self.decoder(seqs if fresh else seqs[:, -1:], self.memory, self.cache, **self.subset)
         else:
-            logits, _ = self.decoder(seqs, self.memory, None)
+            logits, _ = self.decoder(seqs, self.memory, None, **self.subset)
         return torch.log_softmax(logits[:, -1].float(), dim=-1)
+
+    def ids(self, columns: torch.Tensor) -> torch.Tensor:
+        return columns if self.vocab is None else self.vocab[columns]
+
+    def columns(self, ids: Iterable[int]) -> list[int]:
+        """The columns of these token ids; ids outside the output vocabulary have none."""
+        ids = list(ids)
+        if self.lookup is None or not ids:
+            return ids
+        return [c for c in self.lookup[torch.tensor(ids, device=self.lookup.device)].tolist() if c >= 0]
 
     def reorder(self, rows: torch.Tensor) -> None:
         if self.cache is not None:
             self.cache = self.cache.reorder(rows)
 
 
-def _repeat(memory: Encoded, k: int) -> Encoded:
+def repeat_memory(memory: Encoded, k: int) -> Encoded:
+    """Each item's memory ``k`` times in a row (beam search, several samples per item)."""
     if k == 1:
         return memory
     return Encoded(*(t.repeat_interleave(k, 0) for t in (memory.tokens, memory.mask, memory.pooled)))
@@ -76,19 +95,20 @@ def ngram_bans(tokens: list[int], n: int) -> set[int]:
     return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix}
 
 
-def _ban(logp: torch.Tensor, generated: torch.Tensor, banned: Iterable[int], n: int, eos: int) -> torch.Tensor:
+def _ban(logp: torch.Tensor, generated: torch.Tensor, banned: Iterable[int], n: int, eos: int,
+         step: _Stepper) -> torch.Tensor:
     """Set forbidden tokens to -inf; a row left with nothing allowed may still end (eos)."""
-    banned = list(banned)
+    banned = step.columns(banned)
     if banned:
         logp[:, banned] = float("-inf")
     if n > 0:
         for row, tokens in enumerate(generated.tolist()):
-            ban = ngram_bans(tokens, n)
+            ban = step.columns(ngram_bans(tokens, n))
             if ban:
-                logp[row, list(ban)] = float("-inf")
+                logp[row, ban] = float("-inf")
     stuck = torch.isinf(logp).all(-1)
     if stuck.any():
-        logp[stuck, eos] = 0.0
+        logp[stuck, step.columns([eos])] = 0.0
     return logp
 
 
@@ -107,8 +127,8 @@ def _sample_loop(decoder, memory: Encoded, bos, eos: int, max_len: int, pick, no
     done = torch.zeros(b, dtype=torch.bool, device=seqs.device)
     step = _Stepper(decoder, memory, use_cache)
     for _ in range(max_len):
-        logp = _ban(step(seqs), seqs[:, 1:], banned, no_repeat_ngram, eos)
-        token = pick(logp).masked_fill(done, eos)
+        logp = _ban(step(seqs), seqs[:, 1:], banned, no_repeat_ngram, eos, step)
+        token = step.ids(pick(logp)).masked_fill(done, eos)
         seqs = torch.cat([seqs, token[:, None]], 1)
         done |= token == eos
         if done.all():
@@ -141,7 +161,8 @@ def nucleus(decoder, memory: Encoded, bos, eos: int, max_len: int = 30, *, top_p
     check_settings("nucleus", max_len, top_p=top_p, temperature=temperature, no_repeat_ngram=no_repeat_ngram)
 
     def pick(logp: torch.Tensor) -> torch.Tensor:
-        probs = top_p_filter(torch.log_softmax(logp / temperature, -1), top_p).softmax(-1)
+        logp = torch.log_softmax(logp / temperature, -1)
+        probs = (top_p_filter(logp, top_p) if top_p < 1.0 else logp).softmax(-1)
         where = generator.device if generator is not None else probs.device
         return torch.multinomial(probs.to(where), 1, generator=generator).squeeze(1).to(logp.device)
 
@@ -172,10 +193,10 @@ def beam_search(decoder, memory: Encoded, bos, eos: int, max_len: int = 30, *, b
     scores[:, 0] = 0.0  # one live beam per item at the start
     finished: list[tuple[float, list[int]]] = [(float("-inf"), []) for _ in range(b)]
     done = [False] * b
-    step = _Stepper(decoder, _repeat(memory, k), use_cache)
+    step = _Stepper(decoder, repeat_memory(memory, k), use_cache)
     for t in range(max_len):
         length, last = t + 1, t == max_len - 1
-        logp = _ban(step(seqs), seqs[:, 1:], banned, no_repeat_ngram, eos)
+        logp = _ban(step(seqs), seqs[:, 1:], banned, no_repeat_ngram, eos, step)
         vocab = logp.shape[1]
         cand = (scores.reshape(-1, 1) + logp).view(b, k * vocab)
         top, index = cand.topk(min(2 * k, k * vocab), dim=1)
@@ -186,7 +207,8 @@ def beam_search(decoder, memory: Encoded, bos, eos: int, max_len: int = 30, *, b
                 for s, j in zip(row_scores, row_index):
                     if s == float("-inf"):
                         break
-                    beam, token = divmod(j, vocab)
+                    beam, column = divmod(j, vocab)
+                    token = column if step.token_of is None else step.token_of[column]
                     if token == eos or last:
                         norm = s / length ** length_penalty
                         if norm > finished[i][0]:

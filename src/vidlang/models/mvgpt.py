@@ -12,11 +12,15 @@ Read top to bottom as the paper (methods.md §2):
    (in the same pass as FG/BG) and predicted from the decoder run non-causally over the encoder's
    text-stream outputs, through the tied LM head (§2.6.4); MLM-E predicts them from the encoder's
    text outputs (the Table 2 ablation). "caption" fine-tunes frames + transcript -> caption by FG.
+4. Beyond the paper: self-critical sequence training (SCST, Rennie et al. 2017) for the last
+   ``mvgpt.scst_steps`` of a captioning run, with a reward the task hands the model (CIDEr-D).
 
 Special tokens use reserved ids of the BERT vocabulary, so it does not change:
 [CLS1] = [unused0], [BOS1] = [unused1], [CLS2] = [unused2], [BOS2] = [unused3]; [SEP] ends a sentence.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +105,14 @@ class MVGPT(nn.Module):
         # MLM-E's transform before the tied head (BERT's MLM head); kept in every model so checkpoints match
         self.mlm_e_head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width))
         self.visual_frozen = False
+        # SCST: (clip_index (N,), sampled token ids) -> (N,) rewards, set by the task (tasks/mvgpt.py)
+        self.reward: Callable[[torch.Tensor, list[list[int]]], torch.Tensor] | None = None
+        self.self_critical = False
+        if g.scst_steps and ("caption" not in self.parts or g.scst_steps > cfg.train.steps):
+            raise ConfigError(f"mvgpt.scst_steps={g.scst_steps} needs mvgpt.objective=caption and at most "
+                              f"train.steps ({cfg.train.steps}) steps")
+        if g.scst_baseline == "mean" and g.scst_samples < 2:
+            raise ConfigError("mvgpt.scst_baseline=mean needs mvgpt.scst_samples >= 2 (the other samples' mean)")
 
     @staticmethod
     def _special_ids(text_encoder: str) -> dict[str, int]:
@@ -118,6 +130,8 @@ class MVGPT(nn.Module):
         """Call before each training step: the visual encoder is frozen (no gradient, eval mode, so
         the optimizer skips it) while ``step < mvgpt.freeze_visual_steps``, then trained."""
         self.visual_frozen = step < self.cfg.mvgpt.freeze_visual_steps
+        scst = self.cfg.mvgpt.scst_steps
+        self.self_critical = scst > 0 and step >= self.cfg.train.steps - scst
         self.train(self.training)
 
     def train(self, mode: bool = True):
@@ -193,6 +207,8 @@ class MVGPT(nn.Module):
                 ids, mask = ids[:, :2].clone(), torch.ones_like(mask[:, :2])
                 ids[:, 1] = self.ids["sep"]
             memory = self.encode(None, None, ids, mask, visual=visual)
+            if self.self_critical and self.training:  # validation keeps the cross-entropy loss
+                return self._self_critical(batch, memory, generator)
             dec_in, labels, label_mask = self._teacher(batch.target_ids, batch.target_mask, "bos1")
             logits, _ = self.decoder(dec_in, memory, only=label_mask)
             targets = self.decoder.output_targets(labels[label_mask.bool()])
@@ -250,6 +266,43 @@ class MVGPT(nn.Module):
             total = total + g.mlm_weight * out[name]
         out["loss"] = out["objective"] = total
         return out
+
+    def _self_critical(self, batch: CaptionBatch, memory: Encoded, generator: torch.Generator | None) -> dict:
+        """SCST: ``scst_samples`` captions sampled per clip (decoder without dropout, temperature 1) are
+        rewarded by ``self.reward``; the baseline is the greedy caption's reward (Rennie et al.) or the
+        mean of the clip's other samples (``scst_baseline=mean``, Luo 2020). The samples' log-probabilities
+        are then computed with gradients, teacher-forced (losses.self_critical_loss)."""
+        g, max_len = self.cfg.mvgpt, self.cfg.decode.max_len
+        if self.reward is None or batch.clip_index is None:
+            raise ConfigError("mvgpt.scst_steps needs the training clips' references (annotated clips, not data.shards)")
+        k, bos, eos = g.scst_samples, self.ids["bos1"], self.ids["sep"]
+        banned = [self.ids[t] for t in ("pad", "cls", "mask", "cls1", "bos1", "cls2", "bos2")]
+        fixed = Encoded(memory.tokens.detach(), memory.mask, memory.pooled.detach())
+        was_training = self.decoder.training
+        self.decoder.eval()
+        samples = decoding.nucleus(self.decoder, decoding.repeat_memory(fixed, k), bos, eos, max_len, top_p=1.0,
+                                   generator=generator, banned=banned)
+        greedy = decoding.greedy(self.decoder, fixed, bos, eos, max_len, banned=banned) if g.scst_baseline == "greedy" else None
+        self.decoder.train(was_training)
+        clips = batch.clip_index.repeat_interleave(k)
+        rewards = self.reward(clips, samples).to(memory.tokens.device)
+        if greedy is not None:
+            baseline = self.reward(batch.clip_index, greedy).to(rewards.device).repeat_interleave(k)
+        else:
+            per_clip = rewards.view(-1, k)
+            baseline = ((per_clip.sum(1, keepdim=True) - per_clip) / (k - 1)).flatten()
+        # teacher-forced log p of each sample: input [BOS1] w_1..w_n, labels w_1..w_n [SEP] (no [SEP] if cut at max_len)
+        labels = [s + [eos] if len(s) < max_len else s for s in samples]
+        width = max(len(t) for t in labels)
+        label_ids = torch.tensor([t + [0] * (width - len(t)) for t in labels], device=rewards.device)
+        real = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in labels], device=rewards.device).bool()
+        dec_in = torch.cat([torch.full_like(label_ids[:, :1], bos), label_ids[:, :-1]], 1)
+        logits, _ = self.decoder(dec_in, decoding.repeat_memory(memory, k), only=real)
+        token_logp = torch.log_softmax(logits.float(), -1).gather(1, self.decoder.output_targets(label_ids[real])[:, None])
+        rows = torch.arange(len(labels), device=real.device)[:, None].expand_as(real)[real]
+        seq_logp = token_logp.new_zeros(len(labels)).index_add(0, rows, token_logp.squeeze(1))
+        loss = losses.self_critical_loss(seq_logp, rewards, baseline)
+        return {"scst": loss, "reward": rewards.mean(), "loss": loss, "objective": loss}
 
     def _generation_parts(self) -> list[tuple[str, float]]:
         g = self.cfg.mvgpt

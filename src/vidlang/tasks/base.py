@@ -60,6 +60,9 @@ class Task:
     # ``vidlang evaluate CKPT --task NAME``: (checkpoint, annotations, features, split, device,
     # allow_train_overlap) -> (metrics, info with the held_out stamp and "protocol"); None: retrieval only
     score_checkpoint: Callable[..., tuple[dict, dict]] | None = None
+    # (cfg, warmup_linear) -> the lr factor of each step; default: warmup_linear(train.warmup_steps, train.steps)
+    lr_schedule: Callable[[Config, Callable], Callable[[int], float]] = \
+        lambda cfg, warmup_linear: warmup_linear(cfg.train.warmup_steps, cfg.train.steps)
 
 
 def experiment_manifest(source, splits, train_set, val_set=None, test_set=None) -> dict:

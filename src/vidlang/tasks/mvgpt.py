@@ -6,6 +6,8 @@ The training loop (train.py) is shared with every task; this module gives it wha
   time-stamped transcript (``data.transcripts``) attached by time; pretraining (``mvgpt.objective``
   other than ``caption``) pairs the transcript's utterances into (present, future) clips;
 - the step: ``MVGPT(batch)`` losses, the visual freeze schedule (§2.4);
+- SCST (``mvgpt.scst_steps``, beyond the paper): the model's reward is CIDEr-D against each training
+  clip's references (evaluation/caption_reward.py), and the last steps run at a constant lower lr;
 - validation: the loss on the validation clips, and for captioning greedy captions (reranked ones
   under ``decode.method=rerank``, whose training-caption bank is kept with every checkpoint) scored
   with BLEU/ROUGE-L/CIDEr (METEOR's JVM is left for ``vidlang caption``).
@@ -19,6 +21,7 @@ from vidlang.data.narration import collate_captions, pair_utterances
 from vidlang.data.shard_stream import caption_transform
 from vidlang.data.sources import Source, open_source, split_clips
 from vidlang.errors import ConfigError
+from vidlang.evaluation.caption_reward import CiderReward
 from vidlang.evaluation.caption_rerank import BANK_FILE, build_caption_bank
 from vidlang.evaluation.captioning import (
     caption_dataset,
@@ -72,6 +75,15 @@ def build_caption_experiment(cfg: Config) -> Experiment:
         held_out = {c.video_id for c in [*val_clips, *splits.test]}
         train_stream, manifest["train_shards"], train_ids = shard_training(
             cfg, source.store.dim, transform, collate_captions, held_out)
+    if cfg.mvgpt.scst_steps:
+        if cfg.data.shards:
+            raise ConfigError("mvgpt.scst_steps rewards captions against the annotated training clips' references: "
+                              "it does not train from data.shards")
+        references: dict[str, list[str]] = {}
+        for key, clip in zip(train_set.keys, train_set.clips):
+            references.setdefault(key, []).append(clip.caption)
+        model.reward = CiderReward(train_set.keys, references,
+                                   lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     files = {}
     if cfg.decode.method == "rerank" and not is_pretraining(cfg):  # the training captions a pick must agree with
         bank = build_caption_bank(train_set)
@@ -93,15 +105,23 @@ def validation_keys(cfg: Config) -> tuple[str, ...]:
     return keys if is_pretraining(cfg) else keys + ("BLEU-4", "ROUGE-L", "CIDEr")
 
 
+def lr_schedule(cfg: Config, warmup_linear):
+    """Warm-up and linear decay over the cross-entropy steps; then SCST at a constant ``scst_lr_scale``."""
+    xe_steps = cfg.train.steps - cfg.mvgpt.scst_steps
+    cross_entropy = warmup_linear(min(cfg.train.warmup_steps, xe_steps), xe_steps)
+    return lambda step: cross_entropy(step) if step < xe_steps else cfg.mvgpt.scst_lr_scale
+
+
 TASK = Task(
     name="mvgpt",
     model="mvgpt",
     forward=lambda model, batch, cfg, generator, shard: model(batch, generator),
-    log_keys=("loss", "fg", "bg", "mlm_d", "mlm_e", "caption"),
+    log_keys=("loss", "fg", "bg", "mlm_d", "mlm_e", "caption", "scst", "reward"),
     unused_parameters=lambda cfg: True,  # e.g. the MLM-E head outside MLM-E, the visual encoder while frozen
     build=build_caption_experiment,
     evaluate=evaluate_captioning,
     show_keys=validation_keys,
     before_step=lambda model, step: model.set_step(step),
     scoring=lambda cfg: "losses" if is_pretraining(cfg) else f"{validation_stamp(cfg)} captions, all references",
+    lr_schedule=lr_schedule,
 )
