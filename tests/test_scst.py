@@ -206,3 +206,20 @@ def test_a_run_switches_to_scst_and_equals_cross_entropy_then_a_resumed_scst_pha
     scst_run(tmp_path / "b", data_dir, "train.steps=5", "mvgpt.scst_steps=2", "train.lr=1e-3", "train.resume=force")
     a, b = (load_file(str(p / "step-000005" / "model.safetensors")) for p in (tmp_path / "a", tmp_path / "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_mixed_objective_adds_the_weighted_cross_entropy():
+    m = scst_model("mean")
+    b = make_batch()
+    b.clip_index = torch.tensor([0, 1, 2])
+    m.set_step(8)
+    m.train()
+    alone = m(b, torch.Generator().manual_seed(3))
+    m.cfg.mvgpt.scst_xe_weight = 0.5
+    mixed = m(b, torch.Generator().manual_seed(3))
+    m.cfg.mvgpt.scst_xe_weight = 0.0
+    m.eval()
+    cross_entropy = m(b)["caption"]  # the same memory and targets: no dropout in the tiny model
+    assert mixed["scst"].item() == pytest.approx(alone["scst"].item(), rel=1e-5)
+    assert mixed["caption"].item() == pytest.approx(cross_entropy.item(), rel=1e-5)
+    assert mixed["loss"].item() == pytest.approx(alone["scst"].item() + 0.5 * cross_entropy.item(), rel=1e-5)

@@ -150,6 +150,7 @@ class MVGPTConfig:
     scst_samples: int = 5  # captions sampled per clip (multinomial, temperature 1)
     scst_baseline: str = "greedy"  # greedy: the greedy caption's reward (Rennie) | mean: the other samples' (Luo 2020)
     scst_lr_scale: float = 0.1  # the SCST phase's constant lr, as a share of train.lr / train.text_lr
+    scst_xe_weight: float = 0.0  # SCST + this * the cross-entropy of the reference caption (0: SCST alone)
 
 
 @dataclass

@@ -208,11 +208,12 @@ class MVGPT(nn.Module):
                 ids[:, 1] = self.ids["sep"]
             memory = self.encode(None, None, ids, mask, visual=visual)
             if self.self_critical and self.training:  # validation keeps the cross-entropy loss
-                return self._self_critical(batch, memory, generator)
-            dec_in, labels, label_mask = self._teacher(batch.target_ids, batch.target_mask, "bos1")
-            logits, _ = self.decoder(dec_in, memory, only=label_mask)
-            targets = self.decoder.output_targets(labels[label_mask.bool()])
-            loss = losses.caption_loss(logits, targets, targets != losses.IGNORE, g.label_smoothing)
+                out = self._self_critical(batch, memory, generator)
+                if g.scst_xe_weight:  # a mixed objective (Paulus et al. 2018): SCST + w * cross-entropy
+                    out["caption"] = self._caption_loss(batch, memory)
+                    out["loss"] = out["objective"] = out["scst"] + g.scst_xe_weight * out["caption"]
+                return out
+            loss = self._caption_loss(batch, memory)
             return {"caption": loss, "loss": loss, "objective": loss}
 
         # pretraining: FG reads (F, U) and writes W; BG reads (F, W) and writes U
@@ -266,6 +267,13 @@ class MVGPT(nn.Module):
             total = total + g.mlm_weight * out[name]
         out["loss"] = out["objective"] = total
         return out
+
+    def _caption_loss(self, batch: CaptionBatch, memory: Encoded) -> torch.Tensor:
+        """L_FG of the batch's captions (teacher-forced cross-entropy, optionally label-smoothed)."""
+        dec_in, labels, label_mask = self._teacher(batch.target_ids, batch.target_mask, "bos1")
+        logits, _ = self.decoder(dec_in, memory, only=label_mask)
+        targets = self.decoder.output_targets(labels[label_mask.bool()])
+        return losses.caption_loss(logits, targets, targets != losses.IGNORE, self.cfg.mvgpt.label_smoothing)
 
     def _self_critical(self, batch: CaptionBatch, memory: Encoded, generator: torch.Generator | None) -> dict:
         """SCST: ``scst_samples`` captions sampled per clip (decoder without dropout, temperature 1) are
