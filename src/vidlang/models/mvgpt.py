@@ -268,6 +268,10 @@ class MVGPT(nn.Module):
         out["loss"] = out["objective"] = total
         return out
 
+    def _never_generated(self) -> list[int]:
+        """Special tokens a caption never holds (the end token [SEP] is allowed)."""
+        return [self.ids[k] for k in ("pad", "cls", "mask", "cls1", "bos1", "cls2", "bos2")]
+
     def _caption_loss(self, batch: CaptionBatch, memory: Encoded) -> torch.Tensor:
         """L_FG of the batch's captions (teacher-forced cross-entropy, optionally label-smoothed)."""
         dec_in, labels, label_mask = self._teacher(batch.target_ids, batch.target_mask, "bos1")
@@ -284,7 +288,7 @@ class MVGPT(nn.Module):
         if self.reward is None or batch.clip_index is None:
             raise ConfigError("mvgpt.scst_steps needs the training clips' references (annotated clips, not data.shards)")
         k, bos, eos = g.scst_samples, self.ids["bos1"], self.ids["sep"]
-        banned = [self.ids[t] for t in ("pad", "cls", "mask", "cls1", "bos1", "cls2", "bos2")]
+        banned = self._never_generated()
         fixed = Encoded(memory.tokens.detach(), memory.mask, memory.pooled.detach())
         was_training = self.decoder.training
         self.decoder.eval()
@@ -346,6 +350,5 @@ class MVGPT(nn.Module):
                        "generator": generator}
         if settings:
             raise ConfigError(f"decoding settings {sorted(settings)} do not apply to method {method!r}")
-        banned = [self.ids[k] for k in ("pad", "cls", "mask", "cls1", "bos1", "cls2", "bos2")]
         return decoding.generate(self.decoder, memory, self.ids["bos1"], self.ids["sep"], method,
-                                 banned=banned, use_cache=use_cache, **common)
+                                 banned=self._never_generated(), use_cache=use_cache, **common)
