@@ -105,3 +105,12 @@ def test_shards_that_hold_validation_videos_or_another_width_are_refused(tmp_pat
     with pytest.raises(ConfigError, match="output_vocab=train"):
         build_caption_experiment(cfg)
     assert torch.get_num_threads() >= 1
+
+
+def test_scst_from_shards_is_refused_by_name(tmp_path, data_dir, shard_dir):
+    from vidlang.tasks.mvgpt import build_caption_experiment
+
+    cfg = load_config(None, [*MVGPT_TINY, f"data.root={data_dir}", f"train.out_dir={tmp_path / 'run'}",
+                             f"data.shards={shard_dir}", "mvgpt.scst_steps=2"])
+    with pytest.raises(ConfigError, match="mvgpt.scst_steps.*data.shards"):
+        build_caption_experiment(cfg)
