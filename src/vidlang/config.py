@@ -144,6 +144,9 @@ class MVGPTConfig:
     mask_bert_style: bool = True  # masked tokens: 80% [MASK], 10% random, 10% kept; false: all [MASK]
     freeze_visual_steps: int = 0  # the visual encoder is frozen for steps < this, then trained (§2.4 †)
     use_transcript: bool = True  # captioning reads the ASR transcript beside the frames (V+T); false: V only
+    # retrieval-augmented (beyond the paper): the transcript slot holds the consensus captions of the k nearest
+    # training videos (feature cosine; a training clip never retrieves itself); 0: the transcript (ASR) itself
+    neighbour_captions: int = 0
     # self-critical sequence training (Rennie et al. 2017; beyond the paper): the last scst_steps of train.steps
     # maximise the CIDEr-D of sampled captions against each training clip's references (caption objective only)
     scst_steps: int = 0  # 0: cross-entropy throughout

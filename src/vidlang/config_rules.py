@@ -31,7 +31,7 @@ VALUE_CHECKS = {
     "mvgpt.decoder_heads": ">=1", "mvgpt.min_utterance_words": ">=1", "mvgpt.max_target_len": ">=2",
     "mvgpt.fg_weight": ">=0", "mvgpt.bg_weight": ">=0", "mvgpt.mlm_weight": ">=0", "mvgpt.mask_prob": "[0,1]",
     "mvgpt.freeze_visual_steps": ">=0", "mvgpt.scst_steps": ">=0", "mvgpt.scst_samples": ">=1",
-    "mvgpt.scst_lr_scale": ">0", "mvgpt.scst_xe_weight": ">=0",
+    "mvgpt.scst_lr_scale": ">0", "mvgpt.scst_xe_weight": ">=0", "mvgpt.neighbour_captions": ">=0",
     "decode.max_len": ">=1", "decode.beam_size": ">=1", "decode.no_repeat_ngram": ">=0", "decode.top_p": "(0,1]",
     "decode.temperature": ">0", "decode.rerank_neighbours": ">=1",
     "train.steps": ">=0", "train.batch_size": ">=1", "train.lr": ">0", "train.text_lr": ">=0",

@@ -27,7 +27,14 @@ from vidlang.data.dataset import (
 from vidlang.data.features import FeatureStore, validate_features
 from vidlang.data.records import Clip
 from vidlang.errors import CheckpointError, DataError
-from vidlang.evaluation.caption_rerank import BANK_FILE, CaptionBank, candidate_pools, check_neighbours, pick_by_neighbours
+from vidlang.evaluation.caption_rerank import (
+    BANK_FILE,
+    CaptionBank,
+    candidate_pools,
+    check_neighbours,
+    neighbour_transcripts,
+    pick_by_neighbours,
+)
 from vidlang.evaluation.scoring import EncodedSet, encode_texts, encode_videos
 from vidlang.extract.extractor import read_store_record
 from vidlang.extract.preprocess import Preprocess
@@ -264,7 +271,9 @@ def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], tr
             *, method: str | None = None, batch_size: int = 32, **settings) -> str | list[str]:
     """Caption (T, D) feature arrays (one array -> one string; a list -> a list).
 
-    ``transcript``: the clip's speech (one string per array, or None) when the model reads one;
+    ``transcript``: the clip's speech (one string per array, or None) when the model reads one; a model
+    that reads its nearest training videos' captions there (``mvgpt.neighbour_captions``) or reads no
+    transcript (``mvgpt.use_transcript=false``) ignores it;
     ``method`` greedy | beam | nucleus | rerank and ``settings`` (beam_size, max_len, ...) default to the
     checkpoint's ``mvgpt`` config.
     """
@@ -277,10 +286,19 @@ def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], tr
     transcripts = [transcript] * len(features) if transcript is None or isinstance(transcript, str) else list(transcript)
     if len(transcripts) != len(features):
         raise DataError(f"{len(transcripts)} transcripts for {len(features)} feature arrays")
+    neighbours = loaded.cfg.mvgpt.neighbour_captions
     rerank = (method or loaded.cfg.decode.method) == "rerank"
     if rerank:
         k = settings.pop("rerank_neighbours", loaded.cfg.decode.rerank_neighbours)
         check_neighbours(k, loaded.caption_bank, str(loaded.checkpoint))
+    if neighbours and loaded.caption_bank is None:
+        raise CheckpointError(f"{loaded.checkpoint} reads its nearest training videos' captions "
+                              f"(mvgpt.neighbour_captions={neighbours}) but holds no {BANK_FILE}")
+    if neighbours or rerank:  # each clip's mean over all its frames, as the bank holds
+        pooled = np.stack([validate_features(f, f"input {i}", loaded.model.video_dim, "MVGPT").mean(axis=0)
+                           for i, f in enumerate(features)])
+    if neighbours:
+        transcripts = neighbour_transcripts(loaded.caption_bank, pooled, neighbours)
     tok, out = loaded.tokenizer, []
     for a in range(0, len(features), batch_size):
         video, mask = _video_batch(loaded, features[a:a + batch_size])
@@ -293,6 +311,5 @@ def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], tr
         ids = loaded.model.generate(video, mask, *text, method=method, **settings)
         out += [tok.decode(seq, skip_special_tokens=True).strip() for seq in ids]
     if rerank:
-        pooled = np.stack([np.asarray(f, dtype=np.float32).mean(axis=0) for f in features])
         out = pick_by_neighbours(out, pooled, loaded.caption_bank, k)
     return out[0] if single else out

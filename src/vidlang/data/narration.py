@@ -306,10 +306,19 @@ class CaptionDataset(VideoTextDataset):
         self.counts: Counter = Counter()
         self.keys = [clip_key(c) for c in self.clips]
         self.targets = self._encode([c.caption for c in self.clips], max_target_len, "target")
-        texts = [(c.transcript or "").strip() if use_transcript else "" for c in self.clips]
+        self.set_transcripts([c.transcript for c in self.clips])
+
+    def set_transcripts(self, texts: list[str | None]) -> None:
+        """Encode one encoder text per clip (its ASR, or e.g. retrieved captions), replacing the old
+        ones and their counts."""
+        if len(texts) != len(self.clips):
+            raise ValueError(f"{len(texts)} transcripts for {len(self.clips)} clips")
+        texts = [(t or "").strip() if self.use_transcript else "" for t in texts]
+        for what in ("no_transcript", "transcript_truncated"):
+            self.counts.pop(what, None)
         if any(not t for t in texts):
             self.counts["no_transcript"] = sum(1 for t in texts if not t)
-        self.transcripts = self._encode(texts, max_words, "transcript")
+        self.transcripts = self._encode(texts, self.max_words, "transcript")
 
     def _encode(self, texts: list[str], limit: int, what: str) -> list[list[int]]:
         """Token ids of each text, cut to ``limit`` (keeping the last, [SEP]) and counted."""

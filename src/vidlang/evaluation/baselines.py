@@ -138,27 +138,42 @@ def consensus_captions(train_feats: np.ndarray, train_captions: Sequence[Sequenc
     of the nearer video (then the earlier caption). ``k=1`` is :func:`nearest_neighbour_captions`.
     Choose k on validation videos, never on the test split. Needs Java (the PTB tokenizer).
     """
-    from vidlang.evaluation.caption_metrics import CiderD, tokenize
-
     caps = _caption_lists(train_captions, "train_captions")
     n = _pooled(train_feats, "train_feats").shape[0]
     if n != len(caps):
         raise DataError(f"train_feats has {n} rows but there are {len(caps)} training videos")
     nearest = nearest_videos(train_feats, test_feats, k)
+    pools = list(dict.fromkeys(tuple(int(v) for v in row) for row in nearest))
+    best = dict(zip(pools, _pool_consensus(caps, pools)))
+    return [best[tuple(int(v) for v in row)] for row in nearest]
+
+
+def own_consensus_captions(captions: Sequence[Sequence[str]]) -> list[str]:
+    """Each video's consensus caption among its own captions (as :func:`consensus_captions` with the
+    pool of that one video; IDF over all the videos given). Needs Java (the PTB tokenizer)."""
+    caps = _caption_lists(captions, "captions")
+    return _pool_consensus(caps, [(v,) for v in range(len(caps))])
+
+
+def _pool_consensus(caps: list[list[str]], pools: Sequence[tuple[int, ...]]) -> list[str]:
+    """For each pool of videos, its caption with the highest mean CIDEr-D against the pool's other
+    captions (ties: the earlier video, then the earlier caption)."""
+    from vidlang.evaluation.caption_metrics import CiderD, tokenize
+
     toks = tokenize(dict(enumerate(caps)))
     cider = CiderD([toks[v] for v in range(len(caps))])
     first_ref = np.concatenate([[0], np.cumsum([len(c) for c in caps])])
-    best: dict[tuple[int, ...], str] = {}
-    for pool in dict.fromkeys(tuple(int(v) for v in row) for row in nearest):
+    best = []
+    for pool in pools:
         cols = np.concatenate([np.arange(first_ref[v], first_ref[v + 1]) for v in pool])
         texts = [c for v in pool for c in caps[v]]
         if len(texts) == 1:
-            best[pool] = texts[0]
+            best.append(texts[0])
             continue
         sim = cider.pair_scores([t for v in pool for t in toks[v]])[:, cols]  # (P, P): caption i vs caption j
         np.fill_diagonal(sim, 0.0)
-        best[pool] = texts[int((sim.sum(axis=1) / (len(texts) - 1)).argmax())]
-    return [best[tuple(int(v) for v in row)] for row in nearest]
+        best.append(texts[int((sim.sum(axis=1) / (len(texts) - 1)).argmax())])
+    return best
 
 
 def rerank_by_neighbours(candidates: Sequence[Sequence[str]], train_feats: np.ndarray,

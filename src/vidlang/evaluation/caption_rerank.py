@@ -1,4 +1,6 @@
-"""Decoding by neighbour agreement (``decode.method=rerank``; beyond the paper, stamped ``rerank{k}``).
+"""The training-caption bank, and two uses of it beyond the paper: decoding by neighbour agreement
+(``decode.method=rerank``, stamped ``rerank{k}``) and a retrieval-augmented second stream
+(``mvgpt.neighbour_captions=k``, :func:`neighbour_transcripts`).
 
 Each video is decoded several ways (:data:`CANDIDATE_DECODINGS`). Of those captions, the one kept has
 the highest mean CIDEr-D against all captions of the video's k nearest training videos
@@ -23,7 +25,7 @@ from safetensors.numpy import load_file, save
 from vidlang.data.narration import CaptionDataset
 from vidlang.data.dataset import cut_segment
 from vidlang.errors import CheckpointError, ConfigError
-from vidlang.evaluation.baselines import rerank_by_neighbours
+from vidlang.evaluation.baselines import nearest_videos, own_consensus_captions, rerank_by_neighbours
 
 BANK_FILE = "caption_bank.safetensors"
 # greedy, beam 4, beam 4 without a repeated bigram: the three decodings the 3-seed measurement reranked
@@ -38,10 +40,19 @@ class CaptionBank:
     keys: list[str]
     captions: list[list[str]]
     features: np.ndarray  # (N, D) mean over each clip's frames
+    consensus: list[str] | None = None  # each video's consensus caption (computed on first use, then saved)
+
+    def consensus_captions(self) -> list[str]:
+        """Each bank video's own consensus caption (baselines.own_consensus_captions; needs Java once)."""
+        if self.consensus is None:
+            self.consensus = own_consensus_captions(self.captions)
+        return self.consensus
 
     def to_bytes(self) -> bytes:
-        return save({"features": np.ascontiguousarray(self.features, dtype=np.float32)},
-                    metadata={"keys": json.dumps(self.keys), "captions": json.dumps(self.captions)})
+        meta = {"keys": json.dumps(self.keys), "captions": json.dumps(self.captions)}
+        if self.consensus is not None:
+            meta["consensus"] = json.dumps(self.consensus)
+        return save({"features": np.ascontiguousarray(self.features, dtype=np.float32)}, metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "CaptionBank":
@@ -51,12 +62,14 @@ class CaptionBank:
             with safe_open(str(path), framework="np") as f:
                 meta = f.metadata() or {}
             keys, captions = json.loads(meta["keys"]), json.loads(meta["captions"])
+            consensus = json.loads(meta["consensus"]) if "consensus" in meta else None
             features = load_file(str(path))["features"]
         except (OSError, KeyError, ValueError, SafetensorError) as e:
             raise CheckpointError(f"{path}: not a caption bank ({e})") from e
-        if not (len(keys) == len(captions) == len(features)):
-            raise CheckpointError(f"{path}: {len(keys)} keys, {len(captions)} caption lists, {len(features)} feature rows")
-        return cls(keys, captions, features)
+        if not (len(keys) == len(captions) == len(features) == len(consensus or keys)):
+            raise CheckpointError(f"{path}: {len(keys)} keys, {len(captions)} caption lists, {len(features)} feature "
+                                  f"rows, {len(consensus or keys)} consensus captions")
+        return cls(keys, captions, features, consensus)
 
 
 def pooled_features(dataset: CaptionDataset, indices: list[int]) -> np.ndarray:
@@ -111,3 +124,37 @@ def pick_by_neighbours(pools: list[list[str]], pooled: np.ndarray, bank: Caption
         for i, caption in zip(keep, picked):
             out[i] = caption
     return out
+
+
+# ----------------------------------------------------------------------------- the second stream
+NEIGHBOUR_SEPARATOR = " . "
+
+
+def neighbour_transcripts(bank: CaptionBank, pooled: np.ndarray, k: int, keys: list[str] | None = None) -> list[str]:
+    """Retrieval-augmented MV-GPT (``mvgpt.neighbour_captions=k``; beyond the paper: the paper's second
+    stream is ASR). For each row of ``pooled`` (mean-pooled clip features): the consensus captions of its
+    k nearest bank videos (baselines.nearest_videos), nearest first, joined by " . ". A row whose key
+    (``keys``) is in the bank, i.e. a training clip, never retrieves itself, so training sees what
+    held-out videos will see."""
+    if not 1 <= k < len(bank.keys):
+        raise ConfigError(f"mvgpt.neighbour_captions must be in [1, {len(bank.keys) - 1}] (the bank's training "
+                          f"videos, less one), got {k}")
+    consensus = bank.consensus_captions()
+    row_of = {key: i for i, key in enumerate(bank.keys)}
+    nearest = nearest_videos(bank.features, pooled, k + 1)
+    own = [row_of.get(key) for key in keys] if keys is not None else [None] * len(pooled)
+    return [NEIGHBOUR_SEPARATOR.join(consensus[v] for v in [int(v) for v in row if int(v) != me][:k])
+            for row, me in zip(nearest, own)]
+
+
+def fill_neighbour_transcripts(dataset: CaptionDataset, bank: CaptionBank | None, k: int, where: str) -> None:
+    """Give every clip of ``dataset`` its neighbours' captions as its transcript (one retrieval per
+    video/segment, from all its frames)."""
+    if bank is None:
+        raise CheckpointError(f"mvgpt.neighbour_captions={k} reads the training videos' captions, and {where} "
+                              f"holds no {BANK_FILE}")
+    first: dict[str, int] = {}
+    for i, key in enumerate(dataset.keys):
+        first.setdefault(key, i)
+    texts = dict(zip(first, neighbour_transcripts(bank, pooled_features(dataset, list(first.values())), k, list(first))))
+    dataset.set_transcripts([texts[key] for key in dataset.keys])

@@ -15,9 +15,16 @@ from vidlang.data.features import FeatureStore
 from vidlang.data.narration import CaptionDataset, collate_captions
 from vidlang.data.records import Clip, named_skips
 from vidlang.data.sources import open_data
-from vidlang.errors import CheckpointError, DataError
+from vidlang.errors import CheckpointError, ConfigError, DataError
 from vidlang.evaluation.caption_metrics import CaptionScorer
-from vidlang.evaluation.caption_rerank import candidate_pools, check_neighbours, pick_by_neighbours, pooled_features
+from vidlang.evaluation.caption_rerank import (
+    CaptionBank,
+    candidate_pools,
+    check_neighbours,
+    fill_neighbour_transcripts,
+    pick_by_neighbours,
+    pooled_features,
+)
 from vidlang.evaluation.protocol import held_out
 from vidlang.models.mvgpt import MVGPT, parse_objective
 from vidlang.text.pretrained import load_tokenizer
@@ -28,10 +35,17 @@ def is_pretraining(cfg: Config) -> bool:
 
 
 def caption_dataset(clips: list[Clip], store: FeatureStore, tokenizer, cfg: Config, skip_bad: bool = False,
-                    expected_dim: int | None = None) -> CaptionDataset:
-    return CaptionDataset(clips, store, tokenizer, max_frames=cfg.data.max_frames, max_words=cfg.data.max_words,
-                          max_target_len=cfg.mvgpt.max_target_len, use_transcript=cfg.mvgpt.use_transcript,
-                          skip_bad=skip_bad, expected_dim=expected_dim)
+                    expected_dim: int | None = None, bank: CaptionBank | None = None,
+                    where: str = "this run") -> CaptionDataset:
+    """The clips as MV-GPT reads them; under ``mvgpt.neighbour_captions`` each clip's transcript is its
+    nearest training videos' captions, from ``bank`` (which ``where`` must hold)."""
+    dataset = CaptionDataset(clips, store, tokenizer, max_frames=cfg.data.max_frames, max_words=cfg.data.max_words,
+                             max_target_len=cfg.mvgpt.max_target_len, use_transcript=cfg.mvgpt.use_transcript,
+                             skip_bad=skip_bad, expected_dim=expected_dim)
+    if cfg.mvgpt.neighbour_captions:
+        fill_neighbour_transcripts(dataset, bank, cfg.mvgpt.neighbour_captions, where)
+    dataset.caption_bank = bank
+    return dataset
 
 
 def _batches(dataset: CaptionDataset, indices: list[int], batch_size: int, device):
@@ -124,17 +138,20 @@ def score_captions(predictions: Mapping[str, str], references: Mapping[str, list
 
 
 def decoding_name(cfg: Config, method: str | None = None, **settings) -> str:
-    """A short stamp of the decoding used, e.g. ``beam4-lp1.0-max30``."""
+    """A short stamp of the decoding used, e.g. ``beam4-lp1.0-max30`` (``-nbr3``: the transcript slot held
+    the captions of the 3 nearest training videos, ``mvgpt.neighbour_captions``)."""
     g = cfg.decode
     method = method or g.method
     max_len = settings.get("max_len", g.max_len)
     if method == "beam":
-        return f"beam{settings.get('beam_size', g.beam_size)}-lp{settings.get('length_penalty', g.length_penalty)}-max{max_len}"
-    if method == "rerank":
-        return f"rerank{settings.get('rerank_neighbours', g.rerank_neighbours)}-max{max_len}"
-    if method == "nucleus":
-        return f"nucleus-p{settings.get('top_p', g.top_p)}-t{settings.get('temperature', g.temperature)}-max{max_len}"
-    return f"{method}-max{max_len}"
+        stamp = f"beam{settings.get('beam_size', g.beam_size)}-lp{settings.get('length_penalty', g.length_penalty)}"
+    elif method == "rerank":
+        stamp = f"rerank{settings.get('rerank_neighbours', g.rerank_neighbours)}"
+    elif method == "nucleus":
+        stamp = f"nucleus-p{settings.get('top_p', g.top_p)}-t{settings.get('temperature', g.temperature)}"
+    else:
+        stamp = method
+    return f"{stamp}-max{max_len}" + (f"-nbr{cfg.mvgpt.neighbour_captions}" if cfg.mvgpt.neighbour_captions else "")
 
 
 def caption_folder(loaded, data: str | Path, *, split: str | None = None, annotations: str | None = None,
@@ -147,12 +164,15 @@ def caption_folder(loaded, data: str | Path, *, split: str | None = None, annota
     ``scored`` saying which ids were scored (evaluation.protocol.held_out)."""
     data = Path(data)
     cfg = loaded.cfg
+    if transcripts and cfg.mvgpt.neighbour_captions:
+        raise ConfigError(f"{loaded.checkpoint} reads its nearest training videos' captions in the transcript slot "
+                          f"(mvgpt.neighbour_captions={cfg.mvgpt.neighbour_captions}): it takes no transcripts")
     source = open_data(data, features=features, annotations=annotations, transcripts=transcripts, skip_bad=skip_bad)
     store, clips = source.store, source.split(split or "all")
     if not clips:
         raise DataError(f"no annotated clip of {data} has features in {features or data}")
-    dataset = caption_dataset(clips, store, loaded.tokenizer, cfg, skip_bad, expected_dim=loaded.model.video_dim)
-    dataset.caption_bank = getattr(loaded, "caption_bank", None)
+    dataset = caption_dataset(clips, store, loaded.tokenizer, cfg, skip_bad, expected_dim=loaded.model.video_dim,
+                              bank=getattr(loaded, "caption_bank", None), where=str(loaded.checkpoint))
     scored = held_out(loaded.checkpoint, (c.video_id for c in dataset.clips), allow_train_overlap)
     with CaptionScorer(meteor=meteor) as scorer:  # preflight (Java) before the slow decoding
         preds = generate_captions(loaded.model, dataset, loaded.tokenizer, batch_size, device=getattr(loaded, "device", "cpu"),

@@ -6,6 +6,9 @@ The training loop (train.py) is shared with every task; this module gives it wha
   time-stamped transcript (``data.transcripts``) attached by time; pretraining (``mvgpt.objective``
   other than ``caption``) pairs the transcript's utterances into (present, future) clips;
 - the step: ``MVGPT(batch)`` losses, the visual freeze schedule (§2.4);
+- retrieval-augmented (``mvgpt.neighbour_captions``, beyond the paper): every clip's transcript is the
+  consensus captions of its nearest training videos (evaluation/caption_rerank.py), from the bank
+  kept with the checkpoint;
 - SCST (``mvgpt.scst_steps``, beyond the paper): the model's reward is CIDEr-D against each training
   clip's references (evaluation/caption_reward.py), and the last steps run at a constant lower lr;
 - validation: the loss on the validation clips, and for captioning greedy captions (reranked ones
@@ -13,6 +16,8 @@ The training loop (train.py) is shared with every task; this module gives it wha
   with BLEU/ROUGE-L/CIDEr (METEOR's JVM is left for ``vidlang caption``).
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -22,7 +27,7 @@ from vidlang.data.shard_stream import caption_transform
 from vidlang.data.sources import Source, open_source, split_clips
 from vidlang.errors import ConfigError
 from vidlang.evaluation.caption_reward import CiderReward
-from vidlang.evaluation.caption_rerank import BANK_FILE, build_caption_bank
+from vidlang.evaluation.caption_rerank import BANK_FILE, build_caption_bank, fill_neighbour_transcripts
 from vidlang.evaluation.captioning import (
     caption_dataset,
     evaluate_captioning,
@@ -46,14 +51,32 @@ def open_caption_source(cfg: Config) -> Source:
     return source
 
 
+def check_neighbour_captions(cfg: Config) -> None:
+    k = cfg.mvgpt.neighbour_captions
+    if k and (is_pretraining(cfg) or not cfg.mvgpt.use_transcript):
+        raise ConfigError(f"mvgpt.neighbour_captions={k} fills the transcript slot of a captioner: it needs "
+                          "mvgpt.objective=caption and mvgpt.use_transcript=true")
+    if k and (cfg.data.transcripts or cfg.data.shards):
+        raise ConfigError(f"mvgpt.neighbour_captions={k} fills the transcript slot with training captions: it takes "
+                          "no data.transcripts (ASR) and does not train from data.shards")
+
+
 def build_caption_experiment(cfg: Config) -> Experiment:
+    check_neighbour_captions(cfg)
     source = open_caption_source(cfg)
     splits = split_clips(source, cfg.data, cfg.train.seed)
     train_clips, val_clips = splits.train, splits.validation
     tokenizer = load_tokenizer(cfg.model.text_encoder)
-    train_set = caption_dataset(train_clips, source.store, tokenizer, cfg, cfg.data.skip_bad)
-    val_set = caption_dataset(val_clips, source.store, tokenizer, cfg, cfg.data.skip_bad) if val_clips else None
-    test_set = caption_dataset(splits.test, source.store, tokenizer, cfg, cfg.data.skip_bad) if splits.test else None
+    k = cfg.mvgpt.neighbour_captions
+    train_set = caption_dataset(train_clips, source.store, tokenizer, replace(cfg, mvgpt=replace(cfg.mvgpt, neighbour_captions=0)),
+                                cfg.data.skip_bad)
+    # the training captions a reranked caption agrees with, or that fill the transcript slot; kept with every checkpoint
+    bank = build_caption_bank(train_set) if (cfg.decode.method == "rerank" or k) and not is_pretraining(cfg) else None
+    if k:
+        fill_neighbour_transcripts(train_set, bank, k, "this run")
+    val_set = caption_dataset(val_clips, source.store, tokenizer, cfg, cfg.data.skip_bad, bank=bank) if val_clips else None
+    test_set = (caption_dataset(splits.test, source.store, tokenizer, cfg, cfg.data.skip_bad, bank=bank)
+                if splits.test else None)
     torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
     model = MVGPT(cfg, source.store.dim)
     sets = [d for d in (train_set, val_set, test_set) if d is not None]
@@ -84,13 +107,7 @@ def build_caption_experiment(cfg: Config) -> Experiment:
             references.setdefault(key, []).append(clip.caption)
         model.reward = CiderReward(train_set.keys, references,
                                    lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-    files = {}
-    if cfg.decode.method == "rerank" and not is_pretraining(cfg):  # the training captions a pick must agree with
-        bank = build_caption_bank(train_set)
-        files[BANK_FILE] = bank.to_bytes()
-        for held in (val_set, test_set):
-            if held is not None:
-                held.caption_bank = bank
+    files = {BANK_FILE: bank.to_bytes()} if bank is not None else {}
     return Experiment(cfg, train_set, val_set, model, manifest, collate=collate_captions, meta=meta, test_set=test_set,
                       train_ids=train_ids, train_stream=train_stream, files=files)
 
@@ -122,6 +139,8 @@ TASK = Task(
     evaluate=evaluate_captioning,
     show_keys=validation_keys,
     before_step=lambda model, step: model.set_step(step),
-    scoring=lambda cfg: "losses" if is_pretraining(cfg) else f"{validation_stamp(cfg)} captions, all references",
+    scoring=lambda cfg: "losses" if is_pretraining(cfg) else f"{validation_stamp(cfg)} captions, all references"
+    + (f", second stream: consensus captions of the {cfg.mvgpt.neighbour_captions} nearest training videos"
+       if cfg.mvgpt.neighbour_captions else ""),
     lr_schedule=lr_schedule,
 )
