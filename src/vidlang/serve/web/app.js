@@ -71,7 +71,9 @@ function renderHit(hit) {
   const span = hit.start_s !== null || hit.end_s !== null ? ` [${seconds(hit.start_s || 0)}–${seconds(hit.end_s)}]` : "";
   $(".hit-title", node).textContent = `${hit.rank}. ${hit.video_id}${span}`;
   $(".scores", node).textContent = `score ${hit.score.toFixed(3)} · s1 ${hit.s1.toFixed(3)} · s2 ${hit.s2.toFixed(3)}`
-    + (hit.s3 === null ? "" : ` · s3 ${hit.s3.toFixed(3)}`);
+    + (hit.s3 === null ? "" : ` · s3 ${hit.s3.toFixed(3)}`)
+    + (hit.spoken === null || hit.spoken === undefined ? ""
+      : ` · visual ${hit.visual.toFixed(3)} · spoken ${hit.spoken.toFixed(3)} · matched: ${hit.matched}`);
   const img = $(".strip", node);
   img.src = hit.strip_url;
   img.alt = `frames of ${hit.video_id}`;
@@ -92,6 +94,14 @@ function renderHit(hit) {
   } else {
     $(".player", node).textContent = "video not served (start the server with --media-root)";
     $(".player", node).classList.add("muted");
+  }
+  if (hit.spoken_text) {  // the clip's best-matching speech; a click plays from when it was said
+    const said = $(".spoken", node);
+    said.hidden = false;
+    said.textContent = `said ${seconds(hit.spoken_start_s)}–${seconds(hit.spoken_end_s)}: “${hit.spoken_text}”`;
+    said.setAttribute("aria-label", `play ${hit.video_id} from ${seconds(hit.spoken_start_s)}, where it says: ${hit.spoken_text}`);
+    said.disabled = !video;
+    said.addEventListener("click", () => seek(video, hit.spoken_start_s, hit.spoken_end_s));
   }
   const rows = $(".heat-rows", node);
   hit.alignments.forEach((word) => rows.appendChild(heatRow(word, hit, video)));
