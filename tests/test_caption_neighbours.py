@@ -127,3 +127,15 @@ def test_neighbour_captions_need_a_captioner_that_reads_its_transcript_slot(data
     with pytest.raises(ConfigError, match="data.transcripts"):
         train(load_config(None, [*base, "mvgpt.use_transcript=true", f"data.transcripts={tmp_path / 'asr.jsonl'}"]),
               progress=False)
+
+
+def test_the_server_runs_no_asr_for_a_captioner_that_reads_neighbours(neighbour_run, tmp_path):
+    import vidlang
+    from vidlang.serve.speech import UploadSpeech, clip_transcript
+
+    speech = UploadSpeech(vidlang.load_model(neighbour_run), model="tiny.en")
+    assert not speech.on and "neighbour_captions" in speech.reason
+    text, source = speech.transcript(tmp_path / "never-read.mp4", 60)  # Whisper is never loaded
+    assert text is None and "2 nearest training videos" in source
+    said = {"v": [type("U", (), {"start": 0.0, "end": 2.0, "text": "hello there"})()]}
+    assert clip_transcript(speech, said, "v", None, None) == (None, source)

@@ -37,7 +37,7 @@ from starlette.formparsers import MultiPartParser
 
 from vidlang.errors import ConfigError, VidlangError
 from vidlang.serve.schemas import CaptionOut, ClipCaptionIn, HealthOut, SearchOut
-from vidlang.serve.speech import UploadSpeech, clip_transcript, index_transcripts
+from vidlang.serve.speech import UploadSpeech, clip_transcript, index_transcripts, no_speech_reason
 from vidlang.serve.guards import allowed_hosts_for, error_responses, install_errors, install_guards, scrub_paths
 from vidlang.serve.media import (UploadExtractor, default_cache, media_path, media_url, probe_video, sniff_container,
                                  source_video, strip_jpeg, strip_times)
@@ -200,7 +200,7 @@ def create_app(index, captioner=None, media_root: str | Path | None = None, *, c
         state.captions = CaptionBatcher(captioner)
         state.uploads = UploadExtractor(state.extractor_record(), extractor_weights, state.store_path, device)
         state.speech = UploadSpeech(captioner, asr_model, device)
-        state.transcripts = index_transcripts(index) if captioner.cfg.mvgpt.use_transcript else None
+        state.transcripts = index_transcripts(index) if no_speech_reason(captioner.cfg) is None else None
 
     app = FastAPI(title="vidlang", version=_version(),
                   description="TACo text-to-clip search with word-by-time alignment, MV-GPT captioning.")

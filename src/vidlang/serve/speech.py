@@ -12,7 +12,17 @@ from pathlib import Path
 
 from vidlang.errors import ConfigError, DataError
 
-__all__ = ["UploadSpeech", "clip_transcript", "index_transcripts"]
+__all__ = ["UploadSpeech", "clip_transcript", "index_transcripts", "no_speech_reason"]
+
+
+def no_speech_reason(cfg) -> str | None:
+    """Why a captioner reads no speech (None: it reads the clip's transcript beside the frames)."""
+    if not bool(cfg.mvgpt.use_transcript):
+        return "the captioner reads frames only (mvgpt.use_transcript=false)"
+    if cfg.mvgpt.neighbour_captions:
+        return (f"the captioner reads the captions of its {cfg.mvgpt.neighbour_captions} nearest training videos "
+                f"there, not speech (mvgpt.neighbour_captions)")
+    return None
 
 
 class UploadSpeech:
@@ -21,11 +31,10 @@ class UploadSpeech:
     def __init__(self, captioner, model: str | None = None, device: str = "cpu"):
         self.model_name, self.device, self._asr, self.reason = model, device, None, None
         self._lock = threading.Lock()
-        if not bool(captioner.cfg.mvgpt.use_transcript):
-            self.reason = "the captioner reads frames only (mvgpt.use_transcript=false)"
-        elif model is not None and str(model).lower() == "none":
+        self.reason = no_speech_reason(captioner.cfg)
+        if self.reason is None and model is not None and str(model).lower() == "none":
             self.reason = "ASR is off (--asr-model none)"
-        else:
+        elif self.reason is None:
             try:
                 from vidlang.extract import asr
 
@@ -81,8 +90,8 @@ def index_transcripts(index) -> dict | None:
 def clip_transcript(speech: UploadSpeech | None, transcripts: dict | None, video_id: str, start: float | None,
                     end: float | None) -> tuple[str | None, str]:
     """An indexed clip's speech (its video's utterances whose midpoint is in the span) and what was used."""
-    if speech is None or (speech.reason or "").startswith("the captioner reads frames only"):
-        return None, "none: the captioner reads frames only (mvgpt.use_transcript=false)"
+    if speech is None or (speech.reason or "").startswith("the captioner reads"):
+        return None, f"none: {speech.reason if speech else 'no captioner'}"
     if transcripts is None:
         return None, "none: the index was built without transcripts (vidlang index --transcripts)"
     lo = float("-inf") if start is None else start
