@@ -151,18 +151,24 @@ def build_vidlang(kind: str, size: str, words: int, frames: int, video_dim: int)
     return net, cfg, loss_fn, make
 
 
-def child_vidlang(job: dict) -> dict:
+def setup_vidlang(job: dict):
+    """(model in train mode, config, loss_fn(batch, generator), two batches, generator, optimizer) for ``job``."""
     import torch
 
     from vidlang.train import make_optimizer
 
+    net, cfg, loss_fn, make = build_vidlang(job["kind"], job["size"], job["words"], job["frames"], job["video_dim"])
+    net.train()
+    batches = [make(job["batch"], job["frames"], job["words"], job["video_dim"], seed=s) for s in range(2)]
+    return net, cfg, loss_fn, batches, torch.Generator().manual_seed(0), make_optimizer(net, cfg.train)
+
+
+def child_vidlang(job: dict) -> dict:
+    import torch
+
     torch.set_num_threads(job["threads"])
     kind, size, B = job["kind"], job["size"], job["batch"]
-    net, cfg, loss_fn, make = build_vidlang(kind, size, job["words"], job["frames"], job["video_dim"])
-    net.train()
-    optimizer = make_optimizer(net, cfg.train)
-    batches = [make(B, job["frames"], job["words"], job["video_dim"], seed=s) for s in range(2)]
-    gen = torch.Generator().manual_seed(0)
+    net, cfg, loss_fn, batches, gen, optimizer = setup_vidlang(job)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=job.get("autocast") == "bf16")
     rss_setup, state = machine.rss_bytes() / 2**20, {"i": 0}
 

@@ -76,10 +76,10 @@ def write_configs(src: str, hidden: int, tmp: str) -> dict[str, str]:
     return names
 
 
-def child_univl(job: dict, sizes: dict) -> dict:
+def build_univl(job: dict, sizes: dict):
+    """(model in train mode, its parameters, one batch, BertAdam, stubbed imports) for UniVL's ``job["kind"]`` step."""
     import torch
 
-    torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
     src = os.path.abspath(job["univl_src"])
     sys.path.insert(0, src)
@@ -120,6 +120,15 @@ def child_univl(job: dict, sizes: dict) -> dict:
         batch.update(input_caption_ids=torch.randint(1, vocab, (B, 1, Lw), generator=g),
                      decoder_mask=torch.ones(B, 1, Lw, dtype=torch.long),
                      output_caption_ids=torch.randint(1, vocab, (B, 1, Lw), generator=g))
+    return model, params, batch, optimizer, stubbed
+
+
+def child_univl(job: dict, sizes: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    model, params, batch, optimizer, stubbed = build_univl(job, sizes)
+    size, task, B = sizes[job["size"]], job["kind"], job["batch"]
     rss_setup = machine.rss_bytes() / 2**20
 
     def step():
@@ -146,7 +155,8 @@ def child_univl(job: dict, sizes: dict) -> dict:
            "layers": {"text": size["text_layers"], "visual": size["video_layers"],
                       "cross": size["fusion_layers"] if task != "joint" else 0,
                       "decoder": size["decoder_layers"] if task == "caption" else 0},
-           "batch": B, "max_words": Lw, "max_frames": Lf, "video_dim": Dv, "threads": job["threads"],
+           "batch": B, "max_words": job["words"], "max_frames": job["frames"], "video_dim": job["video_dim"],
+           "threads": job["threads"],
            **machine.summarize(rows, others, discarded, job, B),
            "peak_rss_mib": machine.maxrss_mib(), "rss_after_setup_mib": rss_setup,
            "params_total": sum(p.numel() for p in params), "flops_counted_per_step": flops,
