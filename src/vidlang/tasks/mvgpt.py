@@ -68,8 +68,8 @@ def build_caption_experiment(cfg: Config) -> Experiment:
     train_clips, val_clips = splits.train, splits.validation
     tokenizer = load_tokenizer(cfg.model.text_encoder)
     k = cfg.mvgpt.neighbour_captions
-    train_set = caption_dataset(train_clips, source.store, tokenizer, replace(cfg, mvgpt=replace(cfg.mvgpt, neighbour_captions=0)),
-                                cfg.data.skip_bad)
+    plain = replace(cfg, mvgpt=replace(cfg.mvgpt, neighbour_captions=0))  # the bank is built from it, then it reads it
+    train_set = caption_dataset(train_clips, source.store, tokenizer, plain, cfg.data.skip_bad)
     # the training captions a reranked caption agrees with, or that fill the transcript slot; kept with every checkpoint
     bank = build_caption_bank(train_set) if (cfg.decode.method == "rerank" or k) and not is_pretraining(cfg) else None
     if k:
