@@ -78,6 +78,9 @@ class TacoConfig:
     tau_token: float = 1.0
     negatives: str = "cascade"  # cascade | random
     num_negatives: int = 8  # K'
+    # captions of each video per batch, each a positive of its video (beyond the paper: one); train.batch_size
+    # counts videos. One process only (not under torchrun), not with data.shards
+    captions_per_video: int = 1
     pos_tags: list[str] = field(default_factory=lambda: ["NOUN", "VERB"])
     symmetric: bool = True  # L1 in both directions (paper_literal: text->video only)
     paper_literal: bool = False

@@ -25,7 +25,7 @@ VALUE_CHECKS = {
     "model.video_heads": ">=1", "model.fusion_layers": ">=1", "model.fusion_heads": ">=1",
     "model.max_video_positions": ">=1", "model.max_text_positions": ">=1", "model.dropout": "[0,1)",
     "taco.sentence_weight": ">=0", "taco.token_weight": ">=0", "taco.fusion_weight": ">=0",
-    "taco.tau_sentence": ">0", "taco.tau_token": ">0", "taco.num_negatives": ">=0",
+    "taco.tau_sentence": ">0", "taco.tau_token": ">0", "taco.num_negatives": ">=0", "taco.captions_per_video": ">=1",
     "mvgpt.frame_size": ">=1", "mvgpt.tubelet_time": ">=1", "mvgpt.tubelet_size": ">=1",
     "mvgpt.vivit_spatial_layers": ">=0", "mvgpt.vivit_temporal_layers": ">=0", "mvgpt.decoder_layers": ">=1",
     "mvgpt.decoder_heads": ">=1", "mvgpt.min_utterance_words": ">=1", "mvgpt.max_target_len": ">=2",

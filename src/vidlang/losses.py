@@ -14,13 +14,30 @@ def sentence_scores(video_pooled: torch.Tensor, text_cls: torch.Tensor) -> torch
     return text_cls @ video_pooled.T
 
 
-def sentence_loss(scores: torch.Tensor, tau: float = 1.0, symmetric: bool = True, reduction: str = "mean"):
-    """L1, Eq. 3: softmax over videos for each text (plus over texts for each video when symmetric)."""
+def sentence_loss(scores: torch.Tensor, tau: float = 1.0, symmetric: bool = True, reduction: str = "mean",
+                  targets: torch.Tensor | None = None):
+    """L1, Eq. 3: softmax over videos for each text (plus over texts for each video when symmetric).
+
+    ``targets`` (texts,): the video column of each text; None = the diagonal (one text per video). With
+    several texts of one video (multiple positives), the video side scores each positive text against the
+    texts of the other videos only: -log e^{s_iv} / (e^{s_iv} + Σ_{i': v(i') ≠ v} e^{s_i'v}), per text i.
+    """
     logits = scores / tau
-    target = torch.arange(len(logits), device=logits.device)
-    loss = F.cross_entropy(logits, target, reduction=reduction)
+    if targets is None:
+        target = torch.arange(len(logits), device=logits.device)
+        loss = F.cross_entropy(logits, target, reduction=reduction)
+        if symmetric:
+            loss = (loss + F.cross_entropy(logits.T, target, reduction=reduction)) / 2
+        return loss
+    loss = F.cross_entropy(logits, targets, reduction=reduction)
     if symmetric:
-        loss = (loss + F.cross_entropy(logits.T, target, reduction=reduction)) / 2
+        rows = torch.arange(len(logits), device=logits.device)
+        own = targets[None, :] == torch.arange(logits.shape[1], device=logits.device)[:, None]  # (videos, texts)
+        others = logits.T.masked_fill(own, float("-inf")).logsumexp(1)  # each video's negative texts
+        positive = logits[rows, targets]
+        video_side = torch.logaddexp(positive, others[targets]) - positive
+        video_side = video_side.mean() if reduction == "mean" else video_side.sum()
+        loss = (loss + video_side) / 2
     return loss
 
 
@@ -33,14 +50,17 @@ def token_scores(video_tokens: torch.Tensor, video_mask: torch.Tensor, text_toke
     return sim.amax(-1).permute(0, 2, 1)
 
 
-def token_loss(token_sim: torch.Tensor, weights: torch.Tensor, tau: float = 1.0, reduction: str = "mean"):
+def token_loss(token_sim: torch.Tensor, weights: torch.Tensor, tau: float = 1.0, reduction: str = "mean",
+               targets: torch.Tensor | None = None):
     """L2, Eq. 4: for each token of interest p of text i, softmax over videos j of s(x_j, y_i^p).
 
     ``weights`` (texts, tokens) are the normalised IDF weights (zero off the tokens of interest).
-    Texts with no token of interest are skipped. Returns (loss, number of texts used).
+    Texts with no token of interest are skipped. ``targets`` (texts,): each text's video column (None: the
+    diagonal). Returns (loss, number of texts used).
     """
     logits = token_sim.permute(0, 2, 1) / tau  # (texts, tokens, videos)
-    target = torch.arange(len(logits), device=logits.device)[:, None].expand(logits.shape[:2])
+    columns = torch.arange(len(logits), device=logits.device) if targets is None else targets
+    target = columns[:, None].expand(logits.shape[:2])
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
     per_text = (nll.view(target.shape) * weights).sum(1)
     used = weights.sum(1) > 0
@@ -57,14 +77,19 @@ def alignment_scores(s1: torch.Tensor, token_sim: torch.Tensor, weights: torch.T
     return s1 + torch.einsum("ijp,ip->ij", token_sim, interest)
 
 
-def hard_negatives(scores: torch.Tensor, k: int, offset: int = 0) -> torch.Tensor:
+def hard_negatives(scores: torch.Tensor, k: int, offset: int = 0, positives: torch.Tensor | None = None) -> torch.Tensor:
     """Cascade sampling (§1.4): the top-k columns of each row by alignment score, never the positive
     column ``offset + row``. Rows are anchors (texts, or videos with ``scores.T``); under torchrun they
-    are this rank's anchors and ``offset`` their first row in the global batch."""
-    k = min(k, scores.shape[1] - 1)
+    are this rank's anchors and ``offset`` their first row in the global batch. ``positives`` (rows,
+    columns) bool, when given, marks every column a row must never take instead (multiple positives)."""
     masked = scores.detach().clone()
-    rows = torch.arange(len(masked), device=masked.device)
-    masked[rows, rows + offset] = float("-inf")
+    if positives is None:
+        k = min(k, scores.shape[1] - 1)
+        rows = torch.arange(len(masked), device=masked.device)
+        masked[rows, rows + offset] = float("-inf")
+    else:
+        k = min(k, scores.shape[1] - int(positives.sum(1).max()))
+        masked.masked_fill_(positives, float("-inf"))
     return masked.topk(k, dim=1).indices
 
 

@@ -198,7 +198,8 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     if exp.train_stream is not None:  # the task streams its training batches itself (e.g. data.shards)
         stream = exp.train_stream(t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers, rank, world)
     else:
-        stream = BatchStream(exp.train_set, t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers, rank, world, exp.collate)
+        stream = BatchStream(exp.train_set, t_cfg.batch_size, t_cfg.seed, cfg.data.num_workers, rank, world, exp.collate,
+                             exp.clips_per_video)
     negatives_rng = torch.Generator().manual_seed(t_cfg.seed + 1)  # the same on every rank
     step, best, history, counts = 0, {"metric": None, "step": None}, [], Counter()
     config_yaml = yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -40,16 +40,17 @@ class EpochStream:
 
 
 class BatchStream(EpochStream):
-    """An endless, resumable stream of unique-video batches: its position is (epoch, index).
+    """An endless, resumable stream of unique-video batches (``per_video`` clips of each): its position is (epoch, index).
 
     Every rank draws the same global batches (same seed) and keeps its contiguous slice
     ``shard_bounds(len(batch), world, rank)``, so the ranks' slices make up the one-process batch.
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, num_workers: int = 0,
-                 rank: int = 0, world: int = 1, collate_fn: Callable = collate):
+                 rank: int = 0, world: int = 1, collate_fn: Callable = collate, per_video: int = 1):
         self.dataset, self.collate_fn = dataset, collate_fn
-        self.sampler = UniqueVideoBatchSampler(dataset, batch_size, drop_last=len(dataset.videos) > batch_size, seed=seed)
+        self.sampler = UniqueVideoBatchSampler(dataset, batch_size, drop_last=len(dataset.videos) > batch_size, seed=seed,
+                                               per_video=per_video)
         self.num_workers, self.rank, self.world = num_workers, rank, world
         self.epoch, self.index = 0, 0
         self._iter = None

@@ -239,7 +239,8 @@ def pad_videos(items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]
 
 def collate(items: list[dict[str, Any]]) -> Batch:
     """Pad video to the batch's longest T (``video_mask`` True on real frames) and text to the
-    longest L (pad id 0, attention 0, weight 0)."""
+    longest L (pad id 0, attention 0, weight 0). When a video has several rows (several captions),
+    ``text_video`` and ``video_rows`` say which rows share one."""
     video, video_mask = pad_videos(items)
     b, l_max = len(items), max(it["input_ids"].shape[0] for it in items)
     input_ids = torch.zeros(b, l_max, dtype=torch.long)
@@ -249,22 +250,32 @@ def collate(items: list[dict[str, Any]]) -> Batch:
         n = it["input_ids"].shape[0]
         input_ids[k, :n], attention_mask[k, :n] = it["input_ids"], it["attention_mask"]
         token_weights[k, :n] = it["token_weights"]
+    video_ids = [it["video_id"] for it in items]
+    first = {v: None for v in video_ids}
+    text_video = video_rows = None
+    if len(first) < len(video_ids):
+        column = {v: j for j, v in enumerate(first)}
+        text_video = torch.tensor([column[v] for v in video_ids], dtype=torch.long)
+        video_rows = torch.tensor([video_ids.index(v) for v in first], dtype=torch.long)
     return Batch(video=video, video_mask=video_mask, input_ids=input_ids, attention_mask=attention_mask,
-                 token_weights=token_weights, video_ids=[it["video_id"] for it in items],
-                 clip_index=torch.tensor([it["clip_index"] for it in items], dtype=torch.long))
+                 token_weights=token_weights, video_ids=video_ids,
+                 clip_index=torch.tensor([it["clip_index"] for it in items], dtype=torch.long),
+                 text_video=text_video, video_rows=video_rows)
 
 
 class UniqueVideoBatchSampler(Sampler[list[int]]):
     """Batches of clip indices with every video at most once per batch.
 
     Each epoch picks one random clip per video, shuffles the videos and cuts them into
-    batches, so an epoch visits every video once. Randomness comes from ``seed + epoch``:
+    batches, so an epoch visits every video once. With ``per_video`` = m > 1 a batch holds
+    ``batch_size`` videos with m distinct clips each (all of a video's clips when it has fewer),
+    side by side: several captions of one video as positives. Randomness comes from ``seed + epoch``:
     call :meth:`set_epoch` before each epoch (as with ``DistributedSampler``).
     ``clip_video`` is the dataset's ``clip_video`` list (or any dataset that has one).
     """
 
     def __init__(self, clip_video: Sequence[int] | VideoTextDataset, batch_size: int, *,
-                 drop_last: bool = False, seed: int = 0):
+                 drop_last: bool = False, seed: int = 0, per_video: int = 1):
         clip_video = getattr(clip_video, "clip_video", clip_video)  # a dataset (any task's) or the list itself
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -272,7 +283,10 @@ class UniqueVideoBatchSampler(Sampler[list[int]]):
         for clip, video in enumerate(clip_video):
             groups.setdefault(int(video), []).append(clip)
         self.groups = list(groups.values())
+        if per_video < 1:
+            raise ConfigError(f"clips per video must be >= 1, got {per_video}")
         self.batch_size, self.drop_last, self.seed, self.epoch = batch_size, drop_last, seed, 0
+        self.per_video = per_video
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -285,9 +299,13 @@ class UniqueVideoBatchSampler(Sampler[list[int]]):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.groups), generator=g).tolist()
         picks = torch.randint(0, 2**62, (len(self.groups),), generator=g).tolist()
-        chosen = [self.groups[v][picks[v] % len(self.groups[v])] for v in order]
+        if self.per_video == 1:
+            chosen = [[self.groups[v][picks[v] % len(self.groups[v])]] for v in order]
+        else:
+            chosen = [[self.groups[v][i] for i in torch.randperm(len(self.groups[v]), generator=g)[:self.per_video]]
+                      for v in order]
         for k in range(len(self)):
-            yield chosen[k * self.batch_size:(k + 1) * self.batch_size]
+            yield [clip for group in chosen[k * self.batch_size:(k + 1) * self.batch_size] for clip in group]
 
 
 class PerVideoDataset(torch.utils.data.Dataset):

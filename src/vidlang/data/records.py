@@ -85,6 +85,9 @@ class Batch(TensorBatch):
     video_ids:      the B video ids; ``clip_index`` indexes the dataset's clip list
     duplicates_dropped: clips dropped from this batch because their video was already in it
                     (a sharded stream has no unique-video sampler: shard_stream.UniqueVideos)
+    text_video:     (B,) long, set when some videos have several rows (several captions as positives):
+                    row i's video among the batch's distinct videos; None when every video is once
+    video_rows:     (V,) long, the first row of each distinct video (None with text_video)
     """
 
     video: torch.Tensor
@@ -95,6 +98,8 @@ class Batch(TensorBatch):
     video_ids: list[str] = field(default_factory=list)
     clip_index: torch.Tensor | None = None
     duplicates_dropped: int = 0
+    text_video: torch.Tensor | None = None
+    video_rows: torch.Tensor | None = None
 
 
 

@@ -16,6 +16,7 @@ from vidlang import losses
 from vidlang.config import ModelConfig, TacoConfig
 from vidlang.data.records import Batch
 from vidlang.distributed import Shard
+from vidlang.errors import ConfigError
 from vidlang.models.blocks import (
     Encoded,
     FusionEncoder,
@@ -89,9 +90,23 @@ class TACo(nn.Module):
         """The pretrained text encoder's weights (the optimizer gives them ``train.text_lr``)."""
         return self.text.bert.parameters()
 
+    @staticmethod
+    def _negatives_of_groups(s1, token_sim, weights, targets, loss_cfg: TacoConfig, generator):
+        """L3's negatives when several texts share a video: for each text the top-K' other videos, and for
+        its video the top-K' texts of other videos, by the cascade score (or by a uniform draw: random)."""
+        own = targets[None, :] == torch.arange(s1.shape[1], device=s1.device)[:, None]  # (videos, texts)
+        if loss_cfg.negatives == "cascade":
+            scores = losses.alignment_scores(s1, token_sim, weights)
+        else:
+            scores = torch.rand(s1.shape, generator=generator).to(s1.device)
+        neg_videos = losses.hard_negatives(scores, loss_cfg.num_negatives, positives=own.T)
+        neg_texts = losses.hard_negatives(scores.T, loss_cfg.num_negatives, positives=own)[targets]
+        return neg_videos, neg_texts
+
     def forward(self, batch: Batch, loss_cfg: TacoConfig, generator: torch.Generator | None = None,
                 shard: Shard | None = None) -> dict:
-        """L1 + λ_t·L2 + L3 on a batch of B distinct videos with one caption each.
+        """L1 + λ_t·L2 + L3 on a batch of B distinct videos with one caption each, or (``batch.text_video``
+        set, ``taco.captions_per_video`` > 1) several captions per video, each a positive of its video.
 
         Under torchrun ``batch`` is this rank's rows ``shard.rows`` of the global batch, and the losses
         are those of the global batch (docs/distributed.md): L1 whole on every rank from gathered
@@ -100,7 +115,13 @@ class TACo(nn.Module):
         """
         shard = shard or Shard.single(len(batch))
         many = shard.world > 1
-        video = self.encode_video(batch.video, batch.video_mask)
+        targets = batch.text_video  # each text's video column; None: the diagonal
+        if targets is None:
+            video = self.encode_video(batch.video, batch.video_mask)
+        elif many:
+            raise ConfigError("taco.captions_per_video > 1 trains in one process only, not under torchrun")
+        else:  # each video once, from the first of its rows
+            video = self.encode_video(batch.video[batch.video_rows], batch.video_mask[batch.video_rows])
         text = self.encode_text(batch.input_ids, batch.attention_mask)
         reduction = "sum" if loss_cfg.paper_literal else "mean"
         symmetric = loss_cfg.symmetric and not loss_cfg.paper_literal
@@ -111,7 +132,7 @@ class TACo(nn.Module):
         pooled_v, pooled_t = shard.gather(video.pooled), shard.gather(text.pooled)
         s1 = self._scale(losses.sentence_scores(self._unit(pooled_v), self._unit(pooled_t)), 0)
         if loss_cfg.sentence_weight:
-            out["l1"] = losses.sentence_loss(s1, loss_cfg.tau_sentence, symmetric, reduction)  # Eq. 3
+            out["l1"] = losses.sentence_loss(s1, loss_cfg.tau_sentence, symmetric, reduction, targets)  # Eq. 3
             total = total + loss_cfg.sentence_weight * out["l1"]
 
         weights = batch.token_weights.to(s1.dtype)
@@ -124,7 +145,7 @@ class TACo(nn.Module):
         if loss_cfg.token_weight:
             # token_loss puts text i's positive at column i: rotate so it is (columns are a softmax set)
             rows = token_sim.roll(-shard.offset, dims=1) if many else token_sim
-            l2, used = losses.token_loss(rows, weights, loss_cfg.tau_token, "sum")  # Eq. 4
+            l2, used = losses.token_loss(rows, weights, loss_cfg.tau_token, "sum", targets)  # Eq. 4
             count = int(shard.all_sum(torch.tensor(used, device=s1.device))) if many else used
             if reduction == "mean" and count:
                 l2 = l2 / count
@@ -135,7 +156,11 @@ class TACo(nn.Module):
             n, local = shard.total, shard.rows
             all_texts = Encoded(shard.gather(text.tokens, sum_grads=True), shard.gather(text.mask, pad_value=False),
                                 pooled_t)
-            if loss_cfg.negatives == "cascade":  # §1.4: reuse s1 and the token maxima, no extra pass
+            if loss_cfg.negatives not in ("cascade", "random"):
+                raise ValueError(f"taco.negatives must be 'cascade' or 'random', not {loss_cfg.negatives!r}")
+            if targets is not None:  # several texts per video: a text's negatives are never its video's
+                neg_videos, neg_texts = self._negatives_of_groups(s1, token_sim, weights, targets, loss_cfg, generator)
+            elif loss_cfg.negatives == "cascade":  # §1.4: reuse s1 and the token maxima, no extra pass
                 scores = losses.alignment_scores(s1[local], token_sim, weights)  # (local texts, videos)
                 neg_videos = losses.hard_negatives(scores, loss_cfg.num_negatives, shard.offset)
                 if many:  # every text against this rank's videos, for the texts of each local video
@@ -146,14 +171,13 @@ class TACo(nn.Module):
                     neg_texts = losses.hard_negatives(columns.T, loss_cfg.num_negatives, shard.offset)
                 else:
                     neg_texts = losses.hard_negatives(scores.T, loss_cfg.num_negatives, 0)
-            elif loss_cfg.negatives == "random":  # the same draw on every rank; each keeps its anchors' rows
+            else:  # random: the same draw on every rank; each keeps its anchors' rows
                 neg_videos, neg_texts = losses.random_negatives(n, loss_cfg.num_negatives, generator, s1.device)
                 neg_videos, neg_texts = neg_videos[local], neg_texts[local]
-            else:
-                raise ValueError(f"taco.negatives must be 'cascade' or 'random', not {loss_cfg.negatives!r}")
             b, k = len(neg_videos), neg_videos.shape[1]
             anchors = torch.arange(shard.offset, shard.offset + b, device=s1.device)
-            video_index = torch.cat([anchors, neg_videos.reshape(-1), anchors.repeat_interleave(k)])
+            own_videos = anchors if targets is None else targets  # (text, its video) pairs are the anchors
+            video_index = torch.cat([own_videos, neg_videos.reshape(-1), own_videos.repeat_interleave(k)])
             text_index = torch.cat([anchors, anchors.repeat_interleave(k), neg_texts.reshape(-1)])
             logits = self.fusion_scores(all_videos, all_texts, video_index, text_index)
             pos, neg_v, neg_t = logits[:b], logits[b : b + b * k].view(b, k), logits[b + b * k :].view(b, k)

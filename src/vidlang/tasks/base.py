@@ -34,6 +34,7 @@ class Experiment:
     # (batch_size, seed, num_workers, rank, world) -> a resumable stream (next, state, load_state) that
     # replaces the unique-video BatchStream over train_set, e.g. a sharded store (data.shards); None: BatchStream
     train_stream: Callable[[int, int, int, int, int], Any] | None = None
+    clips_per_video: int = 1  # the BatchStream's clips of each video per batch (batch_size counts videos)
 
 
 @dataclass(frozen=True)

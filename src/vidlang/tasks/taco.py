@@ -36,6 +36,8 @@ def build_experiment(cfg: Config) -> Experiment:
     model.text.warm_cache([ids for d in (train_set, val_set, test_set) if d is not None for ids in d.token_sequences()])
     manifest = experiment_manifest(source, splits, train_set, val_set, test_set)
     train_stream, train_ids = None, sorted({c.video_id for c in train_set.clips})
+    if cfg.data.shards and cfg.taco.captions_per_video > 1:
+        raise ConfigError("taco.captions_per_video > 1 needs the annotated train split, not a data.shards stream")
     if cfg.data.shards:  # train from the stream; the annotated train split only fits the IDF weights
         if any(augment.values()):
             raise ConfigError("data.frame_jitter/frame_drop/feature_noise are not applied to a data.shards stream: "
@@ -52,7 +54,7 @@ def build_experiment(cfg: Config) -> Experiment:
                 held.querybank = meta["querybank"]
     return Experiment(cfg, train_set, val_set, model, manifest, collate=collate, meta=meta,
                       summary=lambda: {"weighter_stats": dict(weighter.stats)}, test_set=test_set,
-                      train_ids=train_ids, train_stream=train_stream)
+                      train_ids=train_ids, train_stream=train_stream, clips_per_video=cfg.taco.captions_per_video)
 
 
 def querybank(train_set: VideoTextDataset, size: int) -> list[str]:
