@@ -1,0 +1,97 @@
+"""Probe: MV-GPT's neighbour captions found in a trained TACo's video space instead of raw features
+(docs/mvgpt-levers.md, "Neighbours in a TACo space"). A probe, not a library option: it patches the
+caption bank's pooled features with TACo video embeddings in this process.
+
+    # consensus-of-k captions of video700-799, neighbours by raw features vs by the TACo space;
+    # and training captions retrieved by s1 (v2t)
+    PYTHONPATH=src python scripts/mvgpt_taco_neighbours.py consensus runs/levers/l1t2-seed0 --ks 3 10 --tops 1 20 50
+    # the MV-GPT recipe with its neighbour stream and rerank in the TACo space (scripts/mvgpt_msrvtt.py's arguments)
+    PYTHONPATH=src python scripts/mvgpt_taco_neighbours.py train runs/levers/l1t2-seed0 -- --seeds 0 --out runs/mvgpt-taconbr
+
+Every number is on video700-799 (validation); the TACo run must be trained on video0-699 only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidlang import api
+from vidlang.evaluation.baselines import _pool_consensus, consensus_captions
+from vidlang.evaluation.caption_metrics import caption_diversity, caption_metrics
+
+
+def load(data: Path):
+    feats = np.load(data / "features.npy")
+    ids = (data / "video_ids.txt").read_text().split()
+    ann = json.loads((data / "annotations.json").read_text())
+    return feats, ids, [ann[v]["captions"] for v in ids]
+
+
+def embed_videos(taco_run: str, feats: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return api.encode_video(api.load_model(taco_run), list(feats)).cpu().numpy()
+
+
+def consensus(args, feats, ids, caps) -> None:
+    emb = embed_videos(args.taco, feats)
+    refs = {ids[i]: caps[i] for i in range(700, 800)}
+
+    def report(name: str, preds: list[str]) -> None:
+        m = caption_metrics(dict(zip(ids[700:], preds)), refs, meteor=False)
+        d = caption_diversity(dict(zip(ids[700:], preds)))
+        print(f"{name}: CIDEr {m['CIDEr']:.3f} BLEU-4 {m['BLEU-4']:.3f} distinct {d['distinct_per_100']:.0f} "
+              f"top share {d['top_share']:.2f}", flush=True)
+
+    for k in args.ks:
+        report(f"raw features, k={k}", consensus_captions(feats[:700], caps[:700], feats[700:], k))
+        report(f"TACo space, k={k}", consensus_captions(emb[:700], caps[:700], emb[700:], k))
+    flat = [c for v in range(700) for c in caps[v]]
+    with torch.no_grad():
+        scores = emb[700:] @ api.encode_text(api.load_model(args.taco), flat).cpu().numpy().T
+    for n in args.tops:
+        top = np.argsort(-scores, axis=1)[:, :n]
+        picked = [flat[r[0]] for r in top] if n == 1 else \
+            _pool_consensus([[c] for c in flat], [tuple(int(x) for x in r) for r in top])
+        report(f"v2t, consensus of the top {n} training captions", picked)
+
+
+def train(args, feats, ids, rest: list[str]) -> None:
+    import vidlang.evaluation.caption_rerank as caption_rerank
+    import vidlang.evaluation.captioning as captioning
+
+    emb, row = embed_videos(args.taco, feats), {v: i for i, v in enumerate(ids)}
+
+    def taco_pooled(dataset, indices):
+        return np.stack([emb[row[dataset.clips[i].video_id]] for i in indices]).astype(np.float32)
+
+    caption_rerank.pooled_features = captioning.pooled_features = taco_pooled
+    sys.path.insert(0, str(Path(__file__).parent))
+    import mvgpt_msrvtt
+
+    sys.argv = [sys.argv[0], "--data", str(args.data), *rest]
+    mvgpt_msrvtt.main()
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    rest = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["consensus", "train"])
+    ap.add_argument("taco", help="a TACo run or checkpoint trained on video0-699")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/msrvtt-ae128-dev"))
+    ap.add_argument("--ks", type=int, nargs="+", default=[3, 10])
+    ap.add_argument("--tops", type=int, nargs="+", default=[1, 20, 50])
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    feats, ids, caps = load(args.data)
+    consensus(args, feats, ids, caps) if args.what == "consensus" else train(args, feats, ids, rest)
+
+
+if __name__ == "__main__":
+    main()
