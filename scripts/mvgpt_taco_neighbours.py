@@ -7,6 +7,8 @@ caption bank's pooled features with TACo video embeddings in this process.
     PYTHONPATH=src python scripts/mvgpt_taco_neighbours.py consensus runs/levers/l1t2-seed0 --ks 3 10 --tops 1 20 50
     # the MV-GPT recipe with its neighbour stream and rerank in the TACo space (scripts/mvgpt_msrvtt.py's arguments)
     PYTHONPATH=src python scripts/mvgpt_taco_neighbours.py train runs/levers/l1t2-seed0 -- --seeds 0 --out runs/mvgpt-taconbr
+    # a recipe run trained as shipped (raw-feature neighbours); only video700-799's stream from the TACo space
+    PYTHONPATH=src python scripts/mvgpt_taco_neighbours.py test-time runs/levers/l1t2-seed0 --run runs/mvgpt-nbr/seed0
 
 Every number is on video700-799 (validation); the TACo run must be trained on video0-699 only.
 """
@@ -77,20 +79,53 @@ def train(args, feats, ids, rest: list[str]) -> None:
     mvgpt_msrvtt.main()
 
 
+def test_time(args, feats, ids) -> None:
+    """Caption video700-799 with a trained run whose training read raw-feature neighbours, the held-out
+    videos' neighbour stream taken from the TACo space instead (the rerank stays on raw features)."""
+    import vidlang.evaluation.captioning as captioning
+    from vidlang.evaluation.caption_rerank import CaptionBank, neighbour_transcripts
+
+    emb, row = embed_videos(args.taco, feats), {v: i for i, v in enumerate(ids)}
+
+    def taco_fill(dataset, bank, k, where):
+        space = CaptionBank(bank.keys, bank.captions, emb[[row[key] for key in bank.keys]], bank.consensus_captions())
+        first: dict[str, int] = {}
+        for i, key in enumerate(dataset.keys):
+            first.setdefault(key, i)
+        pooled = emb[[row[dataset.clips[i].video_id] for i in first.values()]]
+        texts = dict(zip(first, neighbour_transcripts(space, pooled, k, list(first))))
+        dataset.set_transcripts([texts[key] for key in dataset.keys])
+
+    captioning.fill_neighbour_transcripts = taco_fill
+    split = Path("runs/levers/ids-700-800.txt")
+    split.write_text("".join(v + "\n" for v in ids[700:800]))
+    loaded = api.load_model(args.run, which="latest")
+    metrics, preds, *_ = captioning.caption_folder(loaded, str(args.data), split=str(split))
+    d = caption_diversity(preds)
+    print(f"{args.run}: " + " ".join(f"{k} {metrics[k]:.3f}" for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")) +
+          f" distinct {d['distinct_per_100']:.0f} top share {d['top_share']:.2f}", flush=True)
+
+
 def main() -> None:
     argv = sys.argv[1:]
     rest = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["consensus", "train"])
+    ap.add_argument("what", choices=["consensus", "train", "test-time"])
     ap.add_argument("taco", help="a TACo run or checkpoint trained on video0-699")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/msrvtt-ae128-dev"))
     ap.add_argument("--ks", type=int, nargs="+", default=[3, 10])
     ap.add_argument("--tops", type=int, nargs="+", default=[1, 20, 50])
+    ap.add_argument("--run", help="test-time: a recipe run folder (its latest checkpoint captions)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     feats, ids, caps = load(args.data)
-    consensus(args, feats, ids, caps) if args.what == "consensus" else train(args, feats, ids, rest)
+    if args.what == "consensus":
+        consensus(args, feats, ids, caps)
+    elif args.what == "train":
+        train(args, feats, ids, rest)
+    else:
+        test_time(args, feats, ids)
 
 
 if __name__ == "__main__":
