@@ -180,3 +180,16 @@ def test_training_with_two_captions_per_video(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="captions_per_video"):
         build_experiment(tiny_config(tmp_path / "s", data_dir, "taco.captions_per_video=2",
                                      f"data.shards={tmp_path / 'nowhere'}"))
+
+
+def test_torchrun_is_refused_before_training(tmp_path, data_dir, monkeypatch):
+    from conftest import tiny_config
+
+    from vidlang import distributed
+    from vidlang.train import train
+
+    monkeypatch.setattr(distributed, "init_from_env", lambda *a, **k: True)  # as rank 0 of two processes
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match=r"one process only, not under torchrun \(2 processes\)"):
+        train(tiny_config(tmp_path / "run", data_dir, "taco.captions_per_video=2"), progress=False)
+    assert not (tmp_path / "run" / "step-000001").exists()

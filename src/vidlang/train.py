@@ -188,6 +188,9 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     if multi and exp.train_stream is None and min(t_cfg.batch_size, len(exp.train_set.videos)) < world:
         raise ConfigError(f"train.batch_size={t_cfg.batch_size} and {len(exp.train_set.videos)} training videos "
                           f"must each be at least the number of processes ({world})")
+    if multi and exp.clips_per_video > 1:  # a rank's slice would cut a video's captions apart
+        raise ConfigError(f"{exp.clips_per_video} captions per video per batch (taco.captions_per_video) train in "
+                          f"one process only, not under torchrun ({world} processes)")
     if multi and rank > 0:
         torch.manual_seed(_rank_seed(t_cfg.seed, rank))
     model, device = exp.model, pick_device(t_cfg.device)
