@@ -172,7 +172,7 @@ def test_training_with_two_captions_per_video(tmp_path, data_dir):
     exp = build_experiment(cfg)
     seen = []
     forward = exp.model.forward
-    exp.model.forward = lambda batch, *a, **k: seen.append(batch) or forward(batch, *a, **k)
+    exp.model.forward = lambda rows, *a, **k: seen.append(rows) or forward(rows, *a, **k)
     summary = train(cfg, exp, progress=False)
     assert summary["steps"] == 2 and all(math.isfinite(h["loss"]) for h in summary["history"] if "loss" in h)
     assert seen and all(b.text_video is not None and len(b) == 2 * len(b.video_rows) for b in seen)
