@@ -16,20 +16,13 @@ Every number is on video700-799 (validation); only video0-699 fit the regression
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from mvgpt_taco_neighbours import caption_held_out, load, neighbour_filler, split_argv  # scripts/ is on sys.path
 
 ALPHA = 300.0
-
-
-def load(data: Path):
-    feats = np.load(data / "features.npy")
-    ids = (data / "video_ids.txt").read_text().split()
-    ann = json.loads((data / "annotations.json").read_text())
-    return feats, ids, [ann[v]["captions"] for v in ids]
 
 
 def spaces(feats, caps, n_train: int = 700):
@@ -57,27 +50,15 @@ def patch_stream(ids, full, oof) -> None:
     import vidlang.evaluation.captioning as captioning
     import vidlang.tasks.mvgpt as mvgpt_task
 
-    row = {v: i for i, v in enumerate(ids)}
-
-    def fill(dataset, bank, k, where):
-        space = caption_rerank.CaptionBank(bank.keys, bank.captions, full[[row[key] for key in bank.keys]],
-                                           bank.consensus_captions())
-        first: dict[str, int] = {}
-        for i, key in enumerate(dataset.keys):
-            first.setdefault(key, i)
-        rows = [row[dataset.clips[i].video_id] for i in first.values()]
-        queries = np.stack([oof[r] if r < len(oof) else full[r] for r in rows])
-        texts = dict(zip(first, caption_rerank.neighbour_transcripts(space, queries, k, list(first))))
-        dataset.set_transcripts([texts[key] for key in dataset.keys])
-
+    queries = full.copy()
+    queries[:len(oof)] = oof  # training videos query out of fold
+    fill = neighbour_filler(full, queries, ids)
     caption_rerank.fill_neighbour_transcripts = captioning.fill_neighbour_transcripts = fill
     mvgpt_task.fill_neighbour_transcripts = fill
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    rest = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    argv, rest = split_argv()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["consensus", "train", "test-time"])
     ap.add_argument("--data", type=Path, default=Path("../shared/data/msrvtt-ae128-dev"))
@@ -99,22 +80,12 @@ def main() -> None:
         return
     patch_stream(ids, full, oof)
     if args.what == "train":
-        sys.path.insert(0, str(Path(__file__).parent))
         import mvgpt_msrvtt
 
         sys.argv = [sys.argv[0], "--data", str(args.data), *rest]
         mvgpt_msrvtt.main()
         return
-    from vidlang import api
-    from vidlang.evaluation.caption_metrics import caption_diversity
-    from vidlang.evaluation.captioning import caption_folder
-
-    split = Path("runs/levers/ids-700-800.txt")
-    split.write_text("".join(v + "\n" for v in ids[700:800]))
-    metrics, preds, *_ = caption_folder(api.load_model(args.run, which="latest"), str(args.data), split=str(split))
-    d = caption_diversity(preds)
-    print(f"{args.run}: " + " ".join(f"{k} {metrics[k]:.3f}" for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")) +
-          f" distinct {d['distinct_per_100']:.0f} top share {d['top_share']:.2f}", flush=True)
+    caption_held_out(args.run, args.data, ids)
 
 
 if __name__ == "__main__":

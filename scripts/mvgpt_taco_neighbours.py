@@ -79,37 +79,56 @@ def train(args, feats, ids, rest: list[str]) -> None:
     mvgpt_msrvtt.main()
 
 
+def neighbour_filler(bank_vectors: np.ndarray, query_vectors: np.ndarray, ids: list[str]):
+    """A stand-in for ``fill_neighbour_transcripts`` that retrieves in another space: ``bank_vectors`` for the
+    bank's videos and ``query_vectors`` for the clips' videos, both rows in ``ids`` order."""
+    from vidlang.evaluation.caption_rerank import CaptionBank, neighbour_transcripts
+
+    row = {v: i for i, v in enumerate(ids)}
+
+    def fill(dataset, bank, k, where):
+        space = CaptionBank(bank.keys, bank.captions, bank_vectors[[row[key] for key in bank.keys]],
+                            bank.consensus_captions())
+        first: dict[str, int] = {}
+        for i, key in enumerate(dataset.keys):
+            first.setdefault(key, i)
+        queries = query_vectors[[row[dataset.clips[i].video_id] for i in first.values()]]
+        texts = dict(zip(first, neighbour_transcripts(space, queries, k, list(first))))
+        dataset.set_transcripts([texts[key] for key in dataset.keys])
+
+    return fill
+
+
+def caption_held_out(run: str, data: Path, ids: list[str]) -> None:
+    """Caption video700-799 with ``run``'s latest checkpoint (in this process, as patched) and print the scores."""
+    from vidlang.evaluation.captioning import caption_folder
+
+    split = Path("runs/levers/ids-700-800.txt")
+    split.write_text("".join(v + "\n" for v in ids[700:800]))
+    metrics, preds, *_ = caption_folder(api.load_model(run, which="latest"), str(data), split=str(split))
+    d = caption_diversity(preds)
+    print(f"{run}: " + " ".join(f"{k} {metrics[k]:.3f}" for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")) +
+          f" distinct {d['distinct_per_100']:.0f} top share {d['top_share']:.2f}", flush=True)
+
+
+def split_argv() -> tuple[list[str], list[str]]:
+    """(this script's arguments, those after ``--`` for scripts/mvgpt_msrvtt.py)."""
+    argv = sys.argv[1:]
+    return (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+
+
 def test_time(args, feats, ids) -> None:
     """Caption video700-799 with a trained run whose training read raw-feature neighbours, the held-out
     videos' neighbour stream taken from the TACo space instead (the rerank stays on raw features)."""
     import vidlang.evaluation.captioning as captioning
-    from vidlang.evaluation.caption_rerank import CaptionBank, neighbour_transcripts
 
-    emb, row = embed_videos(args.taco, feats), {v: i for i, v in enumerate(ids)}
-
-    def taco_fill(dataset, bank, k, where):
-        space = CaptionBank(bank.keys, bank.captions, emb[[row[key] for key in bank.keys]], bank.consensus_captions())
-        first: dict[str, int] = {}
-        for i, key in enumerate(dataset.keys):
-            first.setdefault(key, i)
-        pooled = emb[[row[dataset.clips[i].video_id] for i in first.values()]]
-        texts = dict(zip(first, neighbour_transcripts(space, pooled, k, list(first))))
-        dataset.set_transcripts([texts[key] for key in dataset.keys])
-
-    captioning.fill_neighbour_transcripts = taco_fill
-    split = Path("runs/levers/ids-700-800.txt")
-    split.write_text("".join(v + "\n" for v in ids[700:800]))
-    loaded = api.load_model(args.run, which="latest")
-    metrics, preds, *_ = captioning.caption_folder(loaded, str(args.data), split=str(split))
-    d = caption_diversity(preds)
-    print(f"{args.run}: " + " ".join(f"{k} {metrics[k]:.3f}" for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")) +
-          f" distinct {d['distinct_per_100']:.0f} top share {d['top_share']:.2f}", flush=True)
+    emb = embed_videos(args.taco, feats)
+    captioning.fill_neighbour_transcripts = neighbour_filler(emb, emb, ids)
+    caption_held_out(args.run, args.data, ids)
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    rest = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    argv, rest = split_argv()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["consensus", "train", "test-time"])
     ap.add_argument("taco", help="a TACo run or checkpoint trained on video0-699")
