@@ -131,9 +131,11 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> int:
     )
     from transformers import PreTrainedModel
 
+    from vidlang.models.blocks import EncoderLayer
+
     if any(isinstance(m, CheckpointWrapper) for m in model.modules()):
         return 0  # already done (train() called again on the same experiment)
-    layers = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
+    layers = (EncoderLayer,)
     count = sum(isinstance(m, layers) for m in model.modules())
     apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: isinstance(m, layers))
     for m in model.modules():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from cachetools import LRUCache
 from torch import nn
+from torch.nn import functional as F
 
 
 @dataclass
@@ -21,11 +22,67 @@ class Encoded:
     pooled: torch.Tensor  # (B, d)
 
 
-def transformer_stack(width: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(
-        width, heads, dim_feedforward=4 * width, dropout=dropout, activation="gelu", batch_first=True
-    )
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+class SelfAttention(nn.Module):
+    """Multi-head attention into ``F.scaled_dot_product_attention`` (its fused kernels), with
+    ``nn.MultiheadAttention``'s parameter names and init (one packed q/k/v projection): older checkpoints load."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"{heads} heads do not divide width {width}")
+        self.heads, self.dropout = heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
+        """x (B, N, d), mask (B, N) True = real token; only the first ``rows`` rows query (None = all)."""
+        b, n, d = x.shape
+        h = self.heads
+        if rows is None:
+            q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        else:
+            w, bias = self.in_proj_weight, self.in_proj_bias
+            q = F.linear(x[:, :rows], w[:d], bias[:d]).view(b, rows, h, d // h).transpose(1, 2)
+            k, v = F.linear(x, w[d:], bias[d:]).view(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        keep = None if mask is None else mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class EncoderLayer(nn.Module):
+    """A post-norm BERT layer: ``x = LN(x + drop(attn(x)))``, ``x = LN(x + drop(W2 gelu(W1 x)))``.
+
+    As in BERT (and TACo's and MV-GPT's BERT/ViViT encoders), the 4x-wide feed-forward activation is not dropped
+    out (``nn.TransformerEncoderLayer`` drops it). Parameter names are ``nn.TransformerEncoderLayer``'s.
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.self_attn = SelfAttention(width, heads, dropout)
+        self.linear1, self.linear2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, rows: int | None = None) -> torch.Tensor:
+        """``rows``: compute only the first rows' outputs (their keys and values still see every token)."""
+        h = self.norm1((x if rows is None else x[:, :rows]) + self.dropout1(self.self_attn(x, mask, rows)))
+        return self.norm2(h + self.dropout2(self.linear2(F.gelu(self.linear1(h)))))
+
+
+class TransformerStack(nn.Module):
+    """``layers`` :class:`EncoderLayer` s; ``mask`` (B, N) True = real token."""
+
+    def __init__(self, width: int, heads: int, layers: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(width, heads, dropout) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,7 +103,7 @@ class VideoEncoder(nn.Module):
         self.position = nn.Embedding(max_positions, width)
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
-        self.layers = transformer_stack(width, heads, layers, dropout) if layers > 0 else None
+        self.layers = TransformerStack(width, heads, layers, dropout) if layers > 0 else None
         nn.init.normal_(self.position.weight, std=0.02)  # BERT-style: N(0, 1) would drown the features
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> Encoded:
@@ -56,7 +113,7 @@ class VideoEncoder(nn.Module):
         x = self.project(features) + self.position.weight[:steps]
         x = self.dropout(self.norm(x))
         if self.layers is not None:
-            x = self.layers(x, src_key_padding_mask=~mask)
+            x = self.layers(x, mask)
         x = x * mask.unsqueeze(-1).to(x.dtype)
         return Encoded(x, mask, masked_mean(x, mask))
 
@@ -226,7 +283,7 @@ class FusionEncoder(nn.Module):
         self.position = nn.Embedding(max_positions, width)
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
-        self.layers = transformer_stack(width, heads, layers, dropout)
+        self.layers = TransformerStack(width, heads, layers, dropout)
         nn.init.normal_(self.token_type.weight, std=0.02)
         nn.init.normal_(self.position.weight, std=0.02)
 
@@ -236,13 +293,13 @@ class FusionEncoder(nn.Module):
         x, mask = self._embed(text, video)
         *first, last = self.layers.layers
         for layer in first:
-            x = layer(x, src_key_padding_mask=~mask)
-        return _first_row(last, x, ~mask)
+            x = layer(x, mask)
+        return last(x, mask, rows=1)[:, 0]
 
     def fuse(self, text: Encoded, video: Encoded) -> Encoded:
         """ALL output tokens ``[text; video]`` with their mask; pooled = the ``[CLS]`` output (MV-GPT)."""
         x, mask = self._embed(text, video)
-        x = self.layers(x, src_key_padding_mask=~mask)
+        x = self.layers(x, mask)
         return Encoded(x, mask, x[:, 0])
 
     def _embed(self, text: Encoded, video: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,19 +311,6 @@ class FusionEncoder(nn.Module):
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # count real tokens only: padding-invariant
         x = x + self.token_type(types) + self.position(positions)
         return self.dropout(self.norm(x)), mask
-
-
-def _first_row(layer: nn.TransformerEncoderLayer, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-    """Row 0 of ``layer(x, src_key_padding_mask=padding)``: row 0 attends to every real token of ``x``
-    (B, N, d); the attention output and the FFN are computed for row 0 alone."""
-    layer = getattr(layer, "_checkpoint_wrapped_module", layer)  # activation checkpointing wraps layers
-    q = x[:, :1]
-    if layer.norm_first:
-        y = layer.norm1(x)
-        h = q + layer.dropout1(layer.self_attn(y[:, :1], y, y, key_padding_mask=padding, need_weights=False)[0])
-        return (h + layer._ff_block(layer.norm2(h)))[:, 0]
-    h = layer.norm1(q + layer.dropout1(layer.self_attn(q, x, x, key_padding_mask=padding, need_weights=False)[0]))
-    return layer.norm2(h + layer._ff_block(h))[:, 0]
 
 
 def select(encoded: Encoded, index: torch.Tensor) -> Encoded:

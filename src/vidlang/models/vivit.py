@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidlang.errors import ConfigError
-from vidlang.models.blocks import Encoded, masked_mean, transformer_stack
+from vidlang.models.blocks import Encoded, TransformerStack, masked_mean
 
 
 class ViViTEncoder(nn.Module):
@@ -38,9 +38,9 @@ class ViViTEncoder(nn.Module):
                                stride=(tubelet_time, tubelet_size, tubelet_size))
         self.spatial_cls = nn.Parameter(torch.zeros(1, 1, width))
         self.spatial_position = nn.Parameter(torch.randn(1, patches + 1, width) * 0.02)
-        self.spatial = transformer_stack(width, heads, spatial_layers, dropout) if spatial_layers > 0 else None
+        self.spatial = TransformerStack(width, heads, spatial_layers, dropout) if spatial_layers > 0 else None
         self.temporal_position = nn.Embedding(max_positions, width)
-        self.temporal = transformer_stack(width, heads, temporal_layers, dropout) if temporal_layers > 0 else None
+        self.temporal = TransformerStack(width, heads, temporal_layers, dropout) if temporal_layers > 0 else None
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
         nn.init.normal_(self.temporal_position.weight, std=0.02)
@@ -74,6 +74,6 @@ class ViViTEncoder(nn.Module):
         real = mask.view(b, indices, t).any(-1)
         x = self.dropout(self.norm(x + self.temporal_position.weight[:indices]))
         if self.temporal is not None:
-            x = self.temporal(x, src_key_padding_mask=~real)
+            x = self.temporal(x, real)
         x = x * real.unsqueeze(-1).to(x.dtype)
         return Encoded(x, real, masked_mean(x, real))
