@@ -129,3 +129,77 @@ def test_rerank_refuses_settings_its_fixed_decodings_ignore(reranking_run):
 
     with pytest.raises(ConfigError, match="beam_size"):
         vidlang.caption(vidlang.load_model(reranking_run), np.ones((6, 8), np.float32), beam_size=8)
+
+
+# --------------------------------------------------------------------- pooled candidates of several captioners
+MEMBER_SAYS = {"greedy": "a child paints a fence", "beam": "the dog is eating the apple",
+               "beam-nr2": "a woman throws a box"}
+
+
+def _train_rerank_run(out: Path, data_dir: Path, *extra: str) -> Path:
+    from vidlang.config import load_config
+    from vidlang.train import train
+
+    train(load_config(None, [*MVGPT_TINY, f"data.root={data_dir}", "data.train_split=train", "data.val_split=none",
+                             "decode.method=rerank", "decode.rerank_neighbours=3", "train.steps=1", "train.save_every=1",
+                             "train.eval_every=0", "train.threads=1", "train.batch_size=8", "data.max_frames=6",
+                             f"train.out_dir={out}", *extra]), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def member_run(tmp_path_factory, data_dir) -> Path:
+    return _train_rerank_run(tmp_path_factory.mktemp("member") / "run", data_dir, "train.seed=7")
+
+
+@pytest.fixture()
+def two_voices(monkeypatch):
+    """The member (train.seed 7) says MEMBER_SAYS, every other captioner SAYS."""
+    from vidlang.models.mvgpt import MVGPT
+    from vidlang.text.pretrained import load_tokenizer
+
+    def generate(self, video, *args, method=None, **settings):
+        tok = load_tokenizer(self.cfg.model.text_encoder)
+        name = "beam-nr2" if settings.get("no_repeat_ngram") == 2 else (method or self.cfg.decode.method)
+        says = MEMBER_SAYS if self.cfg.train.seed == 7 else SAYS
+        return [tok(says[name], add_special_tokens=False)["input_ids"]] * video.shape[0]
+
+    monkeypatch.setattr(MVGPT, "generate", generate)
+
+
+def test_members_candidates_join_the_pools(reranking_run, member_run, data_dir, tmp_path, two_voices, capsys):
+    from vidlang.cli import main
+
+    ann, feats = read_annotations_json(data_dir), np.load(data_dir / "features.npy")
+    ids = [f"video{i}" for i in range(len(feats))]
+    held = [i for i, v in enumerate(ids) if ann[v]["split"] != "train"]
+    split = tmp_path / "held.txt"
+    split.write_text("".join(f"{ids[i]}\n" for i in held))
+    assert main(["caption", str(reranking_run), "--members", str(member_run), "--data", str(data_dir), "--split",
+                 str(split), "--no-meteor", "--json", "--out", str(tmp_path / "r.json")]) in (0, None)
+    out = json.loads(capsys.readouterr().out)
+    assert out["decoding"].startswith("rerank3") and out["decoding"].endswith("-pool2")
+    assert json.loads((tmp_path / "r.json").read_text())["extra"]["members"] == [str(member_run / "step-000001")]
+    got = {row["id"]: row["caption"] for row in map(json.loads, open(out["captions_file"]))}
+    pools = [[*SAYS.values(), *MEMBER_SAYS.values()]] * len(held)
+    want = rerank_by_neighbours(pools, feats[:N_TRAIN], [ann[v]["captions"] for v in ids[:N_TRAIN]], feats[held], 3)
+    assert [got[ids[i]] for i in held] == want
+    assert set(want) & set(MEMBER_SAYS.values()) and set(want) & set(SAYS.values())  # both captioners win somewhere
+
+
+def test_members_must_read_the_same_inputs_and_training_videos(reranking_run, data_dir, tmp_path, capsys):
+    from vidlang.cli import main
+
+    wider = _train_rerank_run(tmp_path / "frames4", data_dir, "data.max_frames=4")
+    other_train = _train_rerank_run(tmp_path / "other", data_dir, "data.train_split=index:0:12")
+    greedy = _train_rerank_run(tmp_path / "greedy", data_dir, "decode.method=greedy")
+    base = ["caption", str(reranking_run), "--data", str(data_dir), "--no-meteor"]
+    for member, named in ((wider, "data.max_frames"), (other_train, "caption_bank")):
+        assert main([*base, "--members", str(member)]) == 2
+        err = capsys.readouterr().err
+        assert str(member) in err and named in err and "Traceback" not in err
+    assert main(["caption", str(greedy), "--data", str(data_dir), "--no-meteor", "--members", str(reranking_run)]) == 2
+    assert "rerank" in capsys.readouterr().err
+    assert main(["caption", str(reranking_run), "--features", "x.npy", "--members", str(reranking_run)]) == 2
+    assert "--data" in capsys.readouterr().err
+

@@ -113,6 +113,11 @@ def cmd_caption(args) -> None:
     if args.method and args.method != "beam":
         settings.pop("beam_size", None)
     stamp = decoding_name(loaded.cfg, args.method, **settings)
+    if args.members and not args.data:
+        raise ConfigError("--members pools candidates when captioning a folder: give --data DIR")
+    members = [load_model(m, args.which, kind="mvgpt", device=args.device) for m in args.members]
+    if members:
+        stamp += f"-pool{1 + len(members)}"
     if not args.data:
         if not (args.features and args.features.endswith(".npy")):
             raise ConfigError("give --data DIR (caption and score a folder) or --features FILE.npy (caption one input)")
@@ -125,13 +130,14 @@ def cmd_caption(args) -> None:
     metrics, preds, refs, dataset, scored = caption_folder(
         loaded, data, split=args.split, annotations=args.annotations, features=args.features,
         transcripts=args.transcripts, skip_bad=args.skip_bad, meteor=not args.no_meteor, method=args.method,
-        allow_train_overlap=args.allow_train_overlap, **settings)
+        allow_train_overlap=args.allow_train_overlap, members=members, **settings)
     split = f"{data.name}:{Path(args.split).name if args.split else 'all'}"
     out = Path(args.out) if args.out else loaded.checkpoint / "results" / f"{data.name}-{Path(args.split).stem if args.split else 'all'}-{stamp}.json"
     captions_file = out.with_suffix(".captions.jsonl")
     atomic_write_text(captions_file, "".join(json.dumps({"id": k, "caption": preds[k], "references": refs[k]}) + "\n"
                                              for k in preds))
-    extra = {"checkpoint": str(loaded.checkpoint), "data": str(data), "videos": len(preds), "captions_file": str(captions_file),
+    extra = {"checkpoint": str(loaded.checkpoint), "members": [str(m.checkpoint) for m in members], "data": str(data),
+             "videos": len(preds), "captions_file": str(captions_file),
              "skipped": dict(dataset.skipped), "text_counts": dict(dataset.counts), "meteor": not args.no_meteor, **scored}
     write_result_json(out, metrics, split=split, scoring=stamp, protocol="all-references", config=loaded.cfg.to_dict(),
                       extra=extra)

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transcript", help="with a .npy: the clip's speech, if the model reads one")
     p.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint of a run folder")
     p.add_argument("--method", choices=["greedy", "beam", "nucleus", "rerank"], help="decoding (default: the checkpoint's config)")
+    p.add_argument("--members", nargs="+", default=[], metavar="CHECKPOINT",
+                   help="with --data and rerank: other captioners of the same recipe (e.g. other seeds) whose candidate "
+                        "captions join the pools the rerank picks from (beyond the paper; stamped -poolN)")
     p.add_argument("--beam-size", type=int)
     p.add_argument("--max-len", type=int, help="most generated tokens")
     p.add_argument("--no-meteor", action="store_true", help="leave METEOR out (no Java METEOR run); says so in the result")

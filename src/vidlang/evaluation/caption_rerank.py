@@ -102,17 +102,51 @@ def check_neighbours(k: int, bank: CaptionBank | None, where: str) -> None:
 
 
 @torch.no_grad()
-def candidate_pools(model, tokenizer, video, video_mask, transcript_ids, transcript_mask, **settings) -> list[list[str]]:
-    """Each clip's distinct non-empty captions under every candidate decoding (``settings``: only
-    max_len, applied to each; the decodings themselves are fixed)."""
+def candidate_pools(model, tokenizer, video, video_mask, transcript_ids, transcript_mask, members=(),
+                    **settings) -> list[list[str]]:
+    """Each clip's distinct non-empty captions under every candidate decoding of ``model`` and of each
+    of ``members`` (other captioners of the same inputs; beyond the paper, see :func:`check_members`).
+    ``settings``: only max_len, applied to each; the decodings themselves are fixed."""
     if set(settings) - {"max_len"}:
         raise ConfigError(f"decode.method=rerank takes max_len only, not {sorted(set(settings) - {'max_len'})}: "
                           "its candidate decodings are fixed (evaluation/caption_rerank.py)")
     runs = []
-    for decoding in CANDIDATE_DECODINGS:
-        ids = model.generate(video, video_mask, transcript_ids, transcript_mask, **decoding, **settings)
-        runs.append([tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids])
+    for captioner in (model, *members):
+        for decoding in CANDIDATE_DECODINGS:
+            ids = captioner.generate(video, video_mask, transcript_ids, transcript_mask, **decoding, **settings)
+            runs.append([tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids])
     return [list(dict.fromkeys(c for c in texts if c)) for texts in zip(*runs)]
+
+
+# what every member of a pool must share with the first captioner: they read the same batches
+MEMBER_KEYS = ("model.text_encoder", "data.max_frames", "data.max_words", "mvgpt.use_transcript",
+               "mvgpt.neighbour_captions")
+
+
+def check_members(loaded, members, method: str | None = None) -> None:
+    """Pooled candidates (``vidlang caption --members``): several captioners, e.g. other seeds of one
+    recipe, decode the same batches and the rerank picks among all their captions. Each member must read
+    inputs the way ``loaded`` does (:data:`MEMBER_KEYS`) and rerank against the same training videos
+    (``method``: the decoding asked for, default ``loaded``'s)."""
+    def value(cfg, key):
+        section, name = key.split(".")
+        return getattr(getattr(cfg, section), name)
+
+    method = method or loaded.cfg.decode.method
+    if members and method != "rerank":
+        raise ConfigError(f"--members pools candidates for decode.method=rerank, not {method} ({loaded.checkpoint})")
+    for member in members:
+        for key in MEMBER_KEYS:
+            if value(member.cfg, key) != value(loaded.cfg, key):
+                raise ConfigError(f"member {member.checkpoint} has {key}={value(member.cfg, key)!r}, but "
+                                  f"{loaded.checkpoint} has {value(loaded.cfg, key)!r}: pool captioners that read the same inputs")
+        if member.model.video_dim != loaded.model.video_dim:
+            raise ConfigError(f"member {member.checkpoint} reads {member.model.video_dim}-d features, "
+                              f"{loaded.checkpoint} {loaded.model.video_dim}-d")
+        bank, own = member.caption_bank, loaded.caption_bank
+        if bank is None or own is None or bank.keys != own.keys:
+            raise ConfigError(f"member {member.checkpoint} was not trained on the training videos of {loaded.checkpoint} "
+                              f"(its {BANK_FILE} differs or is missing)")
 
 
 def pick_by_neighbours(pools: list[list[str]], pooled: np.ndarray, bank: CaptionBank, k: int) -> list[str]:

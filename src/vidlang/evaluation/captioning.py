@@ -5,7 +5,7 @@ Used by validation (tasks/mvgpt.py), ``vidlang caption`` and the Python API.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from vidlang.evaluation.caption_metrics import CaptionScorer
 from vidlang.evaluation.caption_rerank import (
     CaptionBank,
     candidate_pools,
+    check_members,
     check_neighbours,
     fill_neighbour_transcripts,
     pick_by_neighbours,
@@ -70,9 +71,10 @@ def dataset_references(dataset: CaptionDataset) -> dict[str, list[str]]:
 
 @torch.no_grad()
 def generate_captions(model: MVGPT, dataset: CaptionDataset, tokenizer, batch_size: int = 64, device="cpu",
-                      **settings) -> dict[str, str]:
+                      members: Sequence[MVGPT] = (), **settings) -> dict[str, str]:
     """``{clip key: caption}`` for one item per key of ``dataset`` (``settings``: see MVGPT.generate;
-    ``method="rerank"`` needs ``dataset.caption_bank``, see evaluation/caption_rerank.py)."""
+    ``method="rerank"`` needs ``dataset.caption_bank``, see evaluation/caption_rerank.py; ``members``:
+    other captioners whose candidates join the rerank's pools)."""
     model.eval()
     out: dict[str, str] = {}
     indices = first_per_key(dataset)
@@ -82,9 +84,12 @@ def generate_captions(model: MVGPT, dataset: CaptionDataset, tokenizer, batch_si
         bank = getattr(dataset, "caption_bank", None)
         check_neighbours(k, bank, "this run")
         pools = [pool for batch in _batches(dataset, indices, batch_size, device) for pool in candidate_pools(
-            model, tokenizer, batch.video, batch.video_mask, batch.transcript_ids, batch.transcript_mask, **settings)]
+            model, tokenizer, batch.video, batch.video_mask, batch.transcript_ids, batch.transcript_mask, members,
+            **settings)]
         picked = pick_by_neighbours(pools, pooled_features(dataset, indices), bank, k)
         return {dataset.keys[i]: caption for i, caption in zip(indices, picked)}
+    if members:
+        raise ConfigError("pooling members' candidates needs decode.method=rerank")
     for start, batch in zip(range(0, len(indices), batch_size), _batches(dataset, indices, batch_size, device)):
         ids = model.generate(batch.video, batch.video_mask, batch.transcript_ids, batch.transcript_mask, **settings)
         for i, seq in zip(indices[start:start + batch_size], ids):
@@ -157,10 +162,11 @@ def decoding_name(cfg: Config, method: str | None = None, **settings) -> str:
 def caption_folder(loaded, data: str | Path, *, split: str | None = None, annotations: str | None = None,
                    features: str | None = None, transcripts: str | None = None, skip_bad: bool = False,
                    meteor: bool = True, batch_size: int = 64, method: str | None = None,
-                   allow_train_overlap: bool = False, **settings):
+                   allow_train_overlap: bool = False, members: Sequence = (), **settings):
     """Caption every video (or segment) of a folder laid out like msrvtt-ae128-dev and score the
-    captions against all its references; videos the checkpoint trained on are refused unless
-    ``allow_train_overlap``. Returns (metrics, {key: caption}, {key: references}, dataset, scored),
+    captions against all its references; videos the checkpoint trained on (members share its training videos) are refused unless
+    ``allow_train_overlap``. ``members``: other loaded captioners whose candidates join the rerank's pools
+    (caption_rerank.check_members). Returns (metrics, {key: caption}, {key: references}, dataset, scored),
     ``scored`` saying which ids were scored (evaluation.protocol.held_out)."""
     data = Path(data)
     cfg = loaded.cfg
@@ -173,10 +179,11 @@ def caption_folder(loaded, data: str | Path, *, split: str | None = None, annota
         raise DataError(f"no annotated clip of {data} has features in {features or data}")
     dataset = caption_dataset(clips, store, loaded.tokenizer, cfg, skip_bad, expected_dim=loaded.model.video_dim,
                               bank=getattr(loaded, "caption_bank", None), where=str(loaded.checkpoint))
+    check_members(loaded, members, method)
     scored = held_out(loaded.checkpoint, (c.video_id for c in dataset.clips), allow_train_overlap)
     with CaptionScorer(meteor=meteor) as scorer:  # preflight (Java) before the slow decoding
         preds = generate_captions(loaded.model, dataset, loaded.tokenizer, batch_size, device=getattr(loaded, "device", "cpu"),
-                                  method=method, **settings)
+                                  members=[m.model for m in members], method=method, **settings)
         empty = [k for k, v in preds.items() if not v.strip()]
         if empty and len(empty) == len(preds):
             raise CheckpointError(f"{loaded.checkpoint} gave an empty caption for every one of the {len(preds)} "
