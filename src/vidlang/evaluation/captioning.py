@@ -164,9 +164,9 @@ def caption_folder(loaded, data: str | Path, *, split: str | None = None, annota
                    meteor: bool = True, batch_size: int = 64, method: str | None = None,
                    allow_train_overlap: bool = False, members: Sequence = (), **settings):
     """Caption every video (or segment) of a folder laid out like msrvtt-ae128-dev and score the
-    captions against all its references; videos the checkpoint trained on (members share its training videos) are refused unless
-    ``allow_train_overlap``. ``members``: other loaded captioners whose candidates join the rerank's pools
-    (caption_rerank.check_members). Returns (metrics, {key: caption}, {key: references}, dataset, scored),
+    captions against all its references; videos the checkpoint trained on are refused unless
+    ``allow_train_overlap``. ``members``: other loaded captioners, trained on the same videos, whose
+    candidates join the rerank's pools (caption_rerank.check_members). Returns (metrics, {key: caption}, {key: references}, dataset, scored),
     ``scored`` saying which ids were scored (evaluation.protocol.held_out)."""
     data = Path(data)
     cfg = loaded.cfg
