@@ -88,3 +88,13 @@ def test_stack_runs_its_layers_in_order():
     for layer in stack.layers:
         y = layer(y, mask)
     assert torch.allclose(stack(x, mask), y)
+
+
+def test_heads_that_do_not_divide_the_width_name_their_key():
+    from vidlang.errors import ConfigError
+    from vidlang.models.blocks import VideoEncoder
+
+    with pytest.raises(ConfigError, match="model.video_heads=5 does not divide the width 16"):
+        VideoEncoder(8, 16, 1, 5, 32, 0.0)
+    with pytest.raises(ConfigError, match="model.fusion_heads=3"):
+        FusionEncoder(16, 1, 3, 32, 0.0)

@@ -12,6 +12,8 @@ from cachetools import LRUCache
 from torch import nn
 from torch.nn import functional as F
 
+from vidlang.errors import ConfigError
+
 
 @dataclass
 class Encoded:
@@ -73,10 +75,13 @@ class EncoderLayer(nn.Module):
 
 
 class TransformerStack(nn.Module):
-    """``layers`` :class:`EncoderLayer` s; ``mask`` (B, N) True = real token."""
+    """``layers`` :class:`EncoderLayer` s; ``mask`` (B, N) True = real token. ``key``: the config key of
+    ``heads``, named when it does not divide the width."""
 
-    def __init__(self, width: int, heads: int, layers: int, dropout: float):
+    def __init__(self, width: int, heads: int, layers: int, dropout: float, key: str = "heads"):
         super().__init__()
+        if width % heads:
+            raise ConfigError(f"{key}={heads} does not divide the width {width}")
         self.layers = nn.ModuleList(EncoderLayer(width, heads, dropout) for _ in range(layers))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -103,7 +108,7 @@ class VideoEncoder(nn.Module):
         self.position = nn.Embedding(max_positions, width)
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
-        self.layers = TransformerStack(width, heads, layers, dropout) if layers > 0 else None
+        self.layers = TransformerStack(width, heads, layers, dropout, "model.video_heads") if layers > 0 else None
         nn.init.normal_(self.position.weight, std=0.02)  # BERT-style: N(0, 1) would drown the features
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> Encoded:
@@ -283,7 +288,7 @@ class FusionEncoder(nn.Module):
         self.position = nn.Embedding(max_positions, width)
         self.norm = nn.LayerNorm(width)
         self.dropout = nn.Dropout(dropout)
-        self.layers = TransformerStack(width, heads, layers, dropout)
+        self.layers = TransformerStack(width, heads, layers, dropout, "model.fusion_heads")
         nn.init.normal_(self.token_type.weight, std=0.02)
         nn.init.normal_(self.position.weight, std=0.02)
 
