@@ -17,6 +17,16 @@ from vidlang.evaluation.caption_rerank import BANK_FILE, CaptionBank, pick_by_ne
 SAYS = {"greedy": "a man slices a tomato", "beam": "a dog throws a ball", "beam-nr2": "the woman is eating the cake"}
 
 
+def held_out_split(data_dir: Path, tmp_path: Path):
+    """(annotations, features, video ids, held-out row indices, an id-list file of the held-out videos)."""
+    ann, feats = read_annotations_json(data_dir), np.load(data_dir / "features.npy")
+    ids = [f"video{i}" for i in range(len(feats))]
+    held = [i for i, v in enumerate(ids) if ann[v]["split"] != "train"]
+    split = tmp_path / "held.txt"
+    split.write_text("".join(f"{ids[i]}\n" for i in held))
+    return ann, feats, ids, held, split
+
+
 def test_pick_follows_the_nearest_training_videos_and_keeps_empty_pools_empty():
     e = np.eye(4, dtype=np.float32)
     bank = CaptionBank(["v0", "v1", "v2", "v3"],
@@ -92,11 +102,7 @@ def test_caption_reranks_as_a_plain_loop_over_the_files_would(reranking_run, dat
     import vidlang
     from vidlang.cli import main
 
-    ann, feats = read_annotations_json(data_dir), np.load(data_dir / "features.npy")
-    ids = [f"video{i}" for i in range(len(feats))]
-    held = [i for i, v in enumerate(ids) if ann[v]["split"] != "train"]
-    split = tmp_path / "held.txt"
-    split.write_text("".join(f"{ids[i]}\n" for i in held))
+    ann, feats, ids, held, split = held_out_split(data_dir, tmp_path)
     assert main(["caption", str(reranking_run), "--data", str(data_dir), "--split", str(split), "--no-meteor",
                  "--json", "--out", str(tmp_path / "r.json")]) in (0, None)
     out = json.loads(capsys.readouterr().out)
@@ -170,11 +176,7 @@ def two_voices(monkeypatch):
 def test_members_candidates_join_the_pools(reranking_run, member_run, data_dir, tmp_path, two_voices, capsys):
     from vidlang.cli import main
 
-    ann, feats = read_annotations_json(data_dir), np.load(data_dir / "features.npy")
-    ids = [f"video{i}" for i in range(len(feats))]
-    held = [i for i, v in enumerate(ids) if ann[v]["split"] != "train"]
-    split = tmp_path / "held.txt"
-    split.write_text("".join(f"{ids[i]}\n" for i in held))
+    ann, feats, ids, held, split = held_out_split(data_dir, tmp_path)
     assert main(["caption", str(reranking_run), "--members", str(member_run), "--data", str(data_dir), "--split",
                  str(split), "--no-meteor", "--json", "--out", str(tmp_path / "r.json")]) in (0, None)
     out = json.loads(capsys.readouterr().out)
