@@ -38,7 +38,7 @@ from starlette.formparsers import MultiPartParser
 from vidlang.errors import ConfigError, VidlangError
 from vidlang.serve.schemas import CaptionOut, ClipCaptionIn, HealthOut, SearchOut
 from vidlang.serve.speech import UploadSpeech, clip_transcript, index_transcripts, no_speech_reason
-from vidlang.serve.guards import allowed_hosts_for, error_responses, install_errors, install_guards, scrub_paths
+from vidlang.serve.guards import DecimalDigits, allowed_hosts_for, error_responses, install_errors, install_guards, scrub_paths
 from vidlang.serve.media import (UploadExtractor, default_cache, media_path, media_url, probe_video, sniff_container,
                                  source_video, strip_jpeg, strip_times)
 
@@ -252,7 +252,7 @@ def _routes(app: FastAPI, st: ServeState) -> None:
     @app.get("/api/search", response_model=SearchOut, responses=error_responses(400, 422))
     def api_search(q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"[^\s\x1c-\x1f]",
                                            description="the text query (not only spaces)")],
-                   k: Annotated[int, Query(ge=1, le=st.max_k, description="clips to return")] = 10,
+                   k: Annotated[int, Query(ge=1, le=st.max_k, description="clips to return"), DecimalDigits] = 10,
                    rerank: Annotated[bool, Query(description="fusion-head rerank (s3) of the top 50")] = True,
                    spoken_weight: Annotated[float | None, Query(ge=0, le=1 if st.index.spoken is not None else 0,
                                                                 allow_inf_nan=False, description=(
@@ -333,7 +333,7 @@ def _routes(app: FastAPI, st: ServeState) -> None:
 
     @app.get("/api/clips/{row}/strip.jpg", response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}, **error_responses(400, 404, 422)})
-    def clip_strip(row: Annotated[int, PathParam(ge=0, le=2**40)]):
+    def clip_strip(row: Annotated[int, PathParam(ge=0, le=2**40), DecimalDigits]):
         if row >= len(st.index):
             raise HTTPException(404, f"no clip {row}: the index holds {len(st.index)}")
         source = source_video(st.store_path, st.index.video_ids[row], st.media_root)

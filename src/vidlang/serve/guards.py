@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -36,6 +36,16 @@ class ErrorOut(BaseModel):
     """The body of every error response."""
 
     detail: str
+
+
+def _decimal_digits(value):
+    """Refuse what pydantic's lax int would coerce from a URL ('+0.0', '1e3', non-ASCII digits)."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("expected decimal digits")
+    return value
+
+
+DecimalDigits = BeforeValidator(_decimal_digits)  # after the Path/Query marker, so the schema keeps its bounds
 
 
 def error_responses(*codes: int) -> dict:
