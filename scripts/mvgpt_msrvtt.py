@@ -22,7 +22,7 @@ import numpy as np
 
 from vidlang.api import load_model
 from vidlang.evaluation.caption_metrics import CaptionScorer
-from vidlang.evaluation.captioning import caption_folder, decoding_name
+from vidlang.evaluation.captioning import caption_folder, decoding_name, pool_stamp
 from vidlang.config import load_config
 from vidlang.report import format_mean_std, mean_std, provenance, write_result_json
 from vidlang.train import train
@@ -52,7 +52,7 @@ def run_seed(seed: int, data: str, extra: list[str]) -> None:
     loaded = load_model(out, which="latest")
     metrics, preds, refs, _, _ = caption_folder(loaded, data, split=str(ids_file(data, 700, 800)),
                                                 transcripts=loaded.cfg.data.transcripts or None)
-    stamp = decoding_name(loaded.cfg)
+    stamp = decoding_name(loaded.cfg) + pool_stamp(loaded)
     captions = OUT / f"mvgpt-seed{seed}.captions.jsonl"
     captions.write_text("".join(json.dumps({"id": k, "caption": v}) + "\n" for k, v in preds.items()))
     write_result_json(OUT / f"mvgpt-seed{seed}.json", metrics, split=SPLIT, scoring=stamp, protocol="all-references", config=cfg.to_dict(),

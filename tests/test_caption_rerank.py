@@ -205,3 +205,75 @@ def test_members_must_read_the_same_inputs_and_training_videos(reranking_run, da
     assert main(["caption", str(reranking_run), "--features", "x.npy", "--members", str(reranking_run)]) == 2
     assert "--data" in capsys.readouterr().err
 
+
+
+# --------------------------------------------------------------------- train.members: one run, several captioners
+@pytest.fixture(scope="module")
+def pool_run(tmp_path_factory, data_dir) -> Path:
+    return _train_rerank_run(tmp_path_factory.mktemp("pool") / "run", data_dir, "train.members=2", "train.seed=0")
+
+
+@pytest.fixture()
+def member_voice(monkeypatch):
+    """The run's second member (train.seed 1000) says MEMBER_SAYS, every other captioner SAYS."""
+    from vidlang.models.mvgpt import MVGPT
+    from vidlang.text.pretrained import load_tokenizer
+
+    def generate(self, video, *args, method=None, **settings):
+        tok = load_tokenizer(self.cfg.model.text_encoder)
+        name = "beam-nr2" if settings.get("no_repeat_ngram") == 2 else (method or self.cfg.decode.method)
+        says = MEMBER_SAYS if self.cfg.train.seed == 1000 else SAYS
+        return [tok(says[name], add_special_tokens=False)["input_ids"]] * video.shape[0]
+
+    monkeypatch.setattr(MVGPT, "generate", generate)
+
+
+def test_a_run_of_two_members_trains_both_and_pools_them(pool_run, data_dir, tmp_path, member_voice, capsys):
+    from vidlang.checkpoint import read_meta
+    from vidlang.cli import main
+    from vidlang.config import checkpoint_config
+    from vidlang.inference import caption, load_model, save_pretrained
+
+    member = pool_run / "members" / "2" / "step-000001"
+    assert checkpoint_config(member).train.seed == 1000 and read_meta(member)["model"] == "mvgpt"
+    ann, feats, ids, held, split = held_out_split(data_dir, tmp_path)
+    pools = [[*SAYS.values(), *MEMBER_SAYS.values()]] * len(held)
+    want = rerank_by_neighbours(pools, feats[:N_TRAIN], [ann[v]["captions"] for v in ids[:N_TRAIN]], feats[held], 3)
+    assert set(want) & set(MEMBER_SAYS.values()) and set(want) & set(SAYS.values())
+    assert main(["caption", str(pool_run), "--data", str(data_dir), "--split", str(split), "--no-meteor", "--json",
+                 "--out", str(tmp_path / "r.json")]) in (0, None)
+    out = json.loads(capsys.readouterr().out)
+    assert out["decoding"].endswith("-pool2")
+    assert json.loads((tmp_path / "r.json").read_text())["extra"]["members"] == [str(member)]
+    got = {row["id"]: row["caption"] for row in map(json.loads, open(out["captions_file"]))}
+    assert [got[ids[i]] for i in held] == want
+    # the library call and a shared copy pool the same way
+    shared = save_pretrained(load_model(pool_run), tmp_path / "shared")
+    for loaded in (load_model(pool_run), load_model(shared)):
+        assert len(loaded.members) == 1
+        assert caption(loaded, [feats[i] for i in held]) == want
+    assert main(["caption", str(pool_run), "--data", str(data_dir), "--split", str(split), "--no-meteor", "--json",
+                 "--method", "greedy", "--out", str(tmp_path / "g.json")]) in (0, None)
+    assert "pool" not in json.loads(capsys.readouterr().out)["decoding"]
+
+
+def test_members_need_a_pooling_config_and_every_member_folder(pool_run, data_dir, tmp_path, capsys):
+    import shutil
+
+    from vidlang.cli import main
+    from vidlang.inference import load_model
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("task: mvgpt\n")
+    base = ["train", "--quiet", str(recipe), *MVGPT_TINY, f"data.root={data_dir}", "train.steps=1", "train.members=2",
+            "data.train_split=train", "data.val_split=none"]
+    for extra in (["decode.method=greedy"], ["task=taco", "decode.method=rerank"]):
+        assert main([*base, *extra, f"train.out_dir={tmp_path / 'x'}"]) == 2
+        err = capsys.readouterr().err
+        assert "train.members=2" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+    broken = tmp_path / "broken"
+    shutil.copytree(pool_run, broken)
+    shutil.rmtree(broken / "members" / "2")
+    with pytest.raises(CheckpointError, match=r"members/2"):
+        load_model(broken)

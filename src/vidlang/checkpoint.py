@@ -125,6 +125,19 @@ FOREIGN_WEIGHTS = ("pytorch_model.bin", "model.safetensors", "pytorch_model.bin.
                    "model.safetensors.index.json", "tf_model.h5", "model.pt", "model.pth", "checkpoint.pth")
 
 
+MEMBERS_DIR = "members"
+MEMBER_SEED_STRIDE = 1000
+
+
+def member_dirs(run: str | Path, members: int) -> list[Path]:
+    """The folders of a run's other members (``train.members``): run/members/2 .. run/members/K."""
+    return [Path(run) / MEMBERS_DIR / str(m) for m in range(2, members + 1)]
+
+
+def member_seed(seed: int, m: int) -> int:
+    return seed + MEMBER_SEED_STRIDE * (m - 1)
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     out_dir = Path(out_dir)
     return _pointer(out_dir, "latest") if out_dir.is_dir() else None

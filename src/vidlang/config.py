@@ -109,6 +109,9 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute transformer layers in backward (less memory)
     dist_backend: str = "auto"  # under torchrun: auto (NCCL on CUDA, else gloo) | gloo | nccl
     resume: str = "auto"  # auto: resume a run in out_dir only if its config matches (RESUME_MAY_CHANGE aside) | force
+    # models trained by this run (beyond the papers): members 2..K train first, each with seed + 1000 * (m - 1),
+    # into out_dir/members/m; inference pools their outputs where the task can (MV-GPT: decode.method=rerank)
+    members: int = 1
 
 
 @dataclass

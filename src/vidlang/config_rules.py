@@ -37,6 +37,7 @@ VALUE_CHECKS = {
     "train.steps": ">=0", "train.batch_size": ">=1", "train.lr": ">0", "train.text_lr": ">=0",
     "train.weight_decay": ">=0", "train.warmup_steps": ">=0", "train.grad_clip": ">=0", "train.eval_every": ">=0",
     "train.save_every": ">=1", "train.log_every": ">=1", "train.threads": ">=0", "train.grad_accum_steps": ">=1",
+    "train.members": ">=1",
     "eval.token_scale": ">=0", "eval.rerank_topk": ">=1", "eval.batch_pairs": ">=1", "eval.querybank": ">=0",
     "eval.querybank_beta": ">0",
 }
@@ -65,6 +66,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 RESUME_MAY_CHANGE = frozenset({
     "train.steps", "train.eval_every", "train.save_every", "train.log_every", "train.threads", "train.device",
     "train.dist_backend", "train.resume", "train.out_dir", "train.init_from", "train.activation_checkpointing",
+    "train.members",  # the other members train in their own folders
     "data.num_workers",
 })
 

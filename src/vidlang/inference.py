@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from vidlang.evaluation.caption_rerank import (
     BANK_FILE,
     CaptionBank,
     candidate_pools,
+    check_members,
     check_neighbours,
     neighbour_transcripts,
     pick_by_neighbours,
@@ -92,6 +93,7 @@ class LoadedCaptioner(_Unpacks):
     meta: dict
     device: torch.device = torch.device("cpu")
     caption_bank: CaptionBank | None = None  # decode.method=rerank: the training videos' captions
+    members: list[LoadedCaptioner] = field(default_factory=list)  # train.members: the run's other captioners
 
 
 def load_model(path: str | Path, which: str = "best", kind: str | None = None,
@@ -99,10 +101,16 @@ def load_model(path: str | Path, which: str = "best", kind: str | None = None,
     """Load a checkpoint (or the ``best``/``latest`` one of a run folder), in eval mode on ``device``:
     a TACo model (:class:`LoadedModel`) or an MV-GPT captioner (:class:`LoadedCaptioner`), as the
     checkpoint says. ``kind`` ("taco" or "mvgpt") makes any other kind an error."""
-    device = torch.device(device)
-    folder = ckpt.find_checkpoint(_local_or_hub(path), which)
+    return _load(_local_or_hub(path), which, kind, torch.device(device))
+
+
+def _load(path: Path, which: str, kind: str | None, device: torch.device, text_encoder: str | None = None):
+    """``text_encoder``: the first member's, for the other members of a run (they share its inputs)."""
+    folder = ckpt.find_checkpoint(path, which)
     cfg = read_config(folder)
-    if (folder / TEXT_ENCODER_DIR / "config.json").is_file():  # a shared model folder carries its own text encoder
+    if text_encoder:
+        cfg.model.text_encoder = text_encoder
+    elif (folder / TEXT_ENCODER_DIR / "config.json").is_file():  # a shared model folder carries its own text encoder
         cfg.model.text_encoder = str(folder / TEXT_ENCODER_DIR)
     if kind is None and ckpt.read_meta(folder).get("model") == "probe":
         raise CheckpointError(f"{folder} holds a task head (probe): evaluate it with `vidlang evaluate --task`")
@@ -110,9 +118,26 @@ def load_model(path: str | Path, which: str = "best", kind: str | None = None,
     model.to(device)
     if meta["model"] == "mvgpt":
         bank = CaptionBank.load(folder / BANK_FILE) if (folder / BANK_FILE).is_file() else None
-        return LoadedCaptioner(model, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta, device, bank)
+        members = [_load(m, which, "mvgpt", device, cfg.model.text_encoder)
+                   for m in _member_folders(folder, cfg.train.members)]
+        loaded = LoadedCaptioner(model, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta, device, bank, members)
+        check_members(loaded, members)
+        return loaded
     weighter = TokenWeighter.from_state_dict(meta["token_weighter"])
     return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta, device)
+
+
+def _member_folders(checkpoint: Path, members: int) -> list[Path]:
+    """A run's other members (train.members): beside the checkpoint in a shared folder, else in its run."""
+    if members <= 1:
+        return []
+    run = checkpoint if (checkpoint / ckpt.MEMBERS_DIR).is_dir() else checkpoint.parent
+    folders = ckpt.member_dirs(run, members)
+    missing = [str(f) for f in folders if not f.exists()]
+    if missing:
+        raise CheckpointError(f"{checkpoint} was trained with train.members={members}, and {', '.join(missing)} "
+                              "is missing: finish the run (`vidlang train` resumes it) or copy the whole run folder")
+    return folders
 
 
 def training_preprocess(loaded: LoadedModel | LoadedCaptioner) -> Preprocess:
@@ -160,10 +185,13 @@ def save_pretrained(loaded: LoadedModel | LoadedCaptioner, out: str | Path, over
         raise CheckpointError(f"{out} exists: choose another folder or overwrite")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("model.safetensors", "meta.json", "config.yaml", ckpt.TRAIN_IDS, BANK_FILE):
-        if (loaded.checkpoint / name).is_file():
-            shutil.copy2(loaded.checkpoint / name, tmp / name)
+    members = getattr(loaded, "members", [])
+    for checkpoint, folder in zip([loaded.checkpoint, *(m.checkpoint for m in members)],
+                                  [tmp, *ckpt.member_dirs(tmp, len(members) + 1)]):  # members share text_encoder/
+        folder.mkdir(parents=True)
+        for name in ("model.safetensors", "meta.json", "config.yaml", ckpt.TRAIN_IDS, BANK_FILE):
+            if (checkpoint / name).is_file():
+                shutil.copy2(checkpoint / name, folder / name)
     encoder = resolve_text_encoder(loaded.cfg.model.text_encoder)
     AutoConfig.from_pretrained(encoder).save_pretrained(tmp / TEXT_ENCODER_DIR)
     loaded.tokenizer.save_pretrained(tmp / TEXT_ENCODER_DIR)
@@ -306,7 +334,7 @@ def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], tr
                   max_length=loaded.cfg.data.max_words, padding=True, return_tensors="pt")
         text = (enc["input_ids"].to(loaded.device), enc["attention_mask"].to(loaded.device))
         if rerank:  # candidates now, one pick for all at the end
-            out += candidate_pools(loaded.model, tok, video, mask, *text, **settings)
+            out += candidate_pools(loaded.model, tok, video, mask, *text, [m.model for m in loaded.members], **settings)
             continue
         ids = loaded.model.generate(video, mask, *text, method=method, **settings)
         out += [tok.decode(seq, skip_special_tokens=True).strip() for seq in ids]

@@ -11,6 +11,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -167,6 +168,20 @@ def _rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank  # each rank its own dropout stream; rank 0 keeps the one-process stream
 
 
+def train_members(cfg: Config, task: Task, progress: bool) -> None:
+    """``train.members=K`` (beyond the papers): before the run's own model, K-1 more of the same config, each
+    with its own seed (checkpoint.member_seed), in out_dir/members/2..K; each resumes like any run."""
+    if (why_not := task.pools_members(cfg)) is not None:
+        raise ConfigError(f"train.members={cfg.train.members} trains models whose outputs inference pools, and this "
+                          f"config cannot pool them ({why_not}): use train.members=1")
+    for m, folder in enumerate(ckpt.member_dirs(cfg.train.out_dir, cfg.train.members), start=2):
+        seed = ckpt.member_seed(cfg.train.seed, m)
+        if distributed.is_main():
+            print(f"member {m} of {cfg.train.members} (train.seed={seed}): {folder}", flush=True)
+        train(replace(cfg, train=replace(cfg.train, seed=seed, out_dir=str(folder), members=1)), progress=progress,
+              task=task)
+
+
 def train(cfg: Config, experiment: Experiment | None = None, progress: bool = True, task: Task | None = None) -> dict:
     """Train (or resume) ``cfg`` with its task (``cfg.task``, or ``task``). Under torchrun every rank
     calls this; ``train.batch_size`` is the global batch, split over the ranks (docs/distributed.md)."""
@@ -176,6 +191,8 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     if accum < 1:
         raise ConfigError(f"train.grad_accum_steps must be >= 1, got {accum}")
     task = task or get_task(cfg.task)
+    if t_cfg.members > 1:
+        train_members(cfg, task, progress)
     multi = distributed.init_from_env(t_cfg.dist_backend, pick_device(t_cfg.device))
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     torch.manual_seed(t_cfg.seed)

@@ -102,7 +102,7 @@ def cmd_caption(args) -> None:
     import numpy as np
 
     from vidlang.errors import ConfigError
-    from vidlang.evaluation.captioning import caption_folder, decoding_name
+    from vidlang.evaluation.captioning import caption_folder, decoding_name, pool_stamp
     from vidlang.evaluation.protocol import describe
     from vidlang.inference import caption, load_model
     from vidlang.io import atomic_write_text
@@ -116,8 +116,7 @@ def cmd_caption(args) -> None:
     if args.members and not args.data:
         raise ConfigError("--members pools candidates when captioning a folder: give --data DIR")
     members = [load_model(m, args.which, kind="mvgpt", device=args.device) for m in args.members]
-    if members:
-        stamp += f"-pool{1 + len(members)}"
+    stamp += pool_stamp(loaded, members, args.method)
     if not args.data:
         if not (args.features and args.features.endswith(".npy")):
             raise ConfigError("give --data DIR (caption and score a folder) or --features FILE.npy (caption one input)")
@@ -136,7 +135,7 @@ def cmd_caption(args) -> None:
     captions_file = out.with_suffix(".captions.jsonl")
     atomic_write_text(captions_file, "".join(json.dumps({"id": k, "caption": preds[k], "references": refs[k]}) + "\n"
                                              for k in preds))
-    extra = {"checkpoint": str(loaded.checkpoint), "members": [str(m.checkpoint) for m in members], "data": str(data),
+    extra = {"checkpoint": str(loaded.checkpoint), "members": [str(m.checkpoint) for m in [*loaded.members, *members]], "data": str(data),
              "videos": len(preds), "captions_file": str(captions_file),
              "skipped": dict(dataset.skipped), "text_counts": dict(dataset.counts), "meteor": not args.no_meteor, **scored}
     write_result_json(out, metrics, split=split, scoring=stamp, protocol="all-references", config=loaded.cfg.to_dict(),

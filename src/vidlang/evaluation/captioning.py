@@ -159,6 +159,14 @@ def decoding_name(cfg: Config, method: str | None = None, **settings) -> str:
     return f"{stamp}-max{max_len}" + (f"-nbr{cfg.mvgpt.neighbour_captions}" if cfg.mvgpt.neighbour_captions else "")
 
 
+def pool_stamp(loaded, extra: Sequence = (), method: str | None = None) -> str:
+    """``-poolN``: the rerank picked among the candidates of N captioners (train.members and ``extra``)."""
+    if (method or loaded.cfg.decode.method) != "rerank":
+        return ""
+    n = 1 + len(getattr(loaded, "members", [])) + len(extra)
+    return f"-pool{n}" if n > 1 else ""
+
+
 def caption_folder(loaded, data: str | Path, *, split: str | None = None, annotations: str | None = None,
                    features: str | None = None, transcripts: str | None = None, skip_bad: bool = False,
                    meteor: bool = True, batch_size: int = 64, method: str | None = None,
@@ -166,7 +174,7 @@ def caption_folder(loaded, data: str | Path, *, split: str | None = None, annota
     """Caption every video (or segment) of a folder laid out like msrvtt-ae128-dev and score the
     captions against all its references; videos the checkpoint trained on are refused unless
     ``allow_train_overlap``. ``members``: other loaded captioners, trained on the same videos, whose
-    candidates join the rerank's pools (caption_rerank.check_members). Returns (metrics, {key: caption}, {key: references}, dataset, scored),
+    candidates join the rerank's pools (caption_rerank.check_members), after the run's own (train.members). Returns (metrics, {key: caption}, {key: references}, dataset, scored),
     ``scored`` saying which ids were scored (evaluation.protocol.held_out)."""
     data = Path(data)
     cfg = loaded.cfg
@@ -179,6 +187,8 @@ def caption_folder(loaded, data: str | Path, *, split: str | None = None, annota
         raise DataError(f"no annotated clip of {data} has features in {features or data}")
     dataset = caption_dataset(clips, store, loaded.tokenizer, cfg, skip_bad, expected_dim=loaded.model.video_dim,
                               bank=getattr(loaded, "caption_bank", None), where=str(loaded.checkpoint))
+    if (method or cfg.decode.method) == "rerank":  # the run's own members (train.members), then any given
+        members = [*getattr(loaded, "members", []), *members]
     check_members(loaded, members, method)
     scored = held_out(loaded.checkpoint, (c.video_id for c in dataset.clips), allow_train_overlap)
     with CaptionScorer(meteor=meteor) as scorer:  # preflight (Java) before the slow decoding

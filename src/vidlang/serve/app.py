@@ -235,7 +235,7 @@ _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 def _routes(app: FastAPI, st: ServeState) -> None:
     from vidlang.data.dataset import cut_segment
-    from vidlang.evaluation.captioning import decoding_name
+    from vidlang.evaluation.captioning import decoding_name, pool_stamp
     from vidlang.retrieval.query import search
 
     @app.get("/health", response_model=HealthOut, responses=error_responses(400))
@@ -275,7 +275,8 @@ def _routes(app: FastAPI, st: ServeState) -> None:
         feats = cut_segment(st.store[body.video_id], body.start, body.end, st.store.fps, body.video_id)
         transcript, source = clip_transcript(st.speech, st.transcripts, body.video_id, body.start, body.end)
         text = st.captions(feats, transcript)
-        return {"caption": text, "decoding": decoding_name(st.captioner.cfg), "features": len(feats),
+        return {"caption": text, "decoding": decoding_name(st.captioner.cfg) + pool_stamp(st.captioner),
+                "features": len(feats),
                 "video_id": body.video_id, "start": body.start, "end": body.end, "transcript": transcript,
                 "transcript_source": source}
 
@@ -327,7 +328,8 @@ def _routes(app: FastAPI, st: ServeState) -> None:
         if info["duration"] is None:
             info["duration"] = decoded.get("duration")
         text = st.captions(feats, transcript)
-        return {"caption": text, "decoding": decoding_name(st.captioner.cfg), "features": len(feats),
+        return {"caption": text, "decoding": decoding_name(st.captioner.cfg) + pool_stamp(st.captioner),
+                "features": len(feats),
                 "duration": info["duration"], "extractor": st.uploads.record.get("backbone"),
                 "transcript": transcript, "transcript_source": source}
 

@@ -64,6 +64,8 @@ class Task:
     # (cfg, warmup_linear) -> the lr factor of each step; default: warmup_linear(train.warmup_steps, train.steps)
     lr_schedule: Callable[[Config, Callable], Callable[[int], float]] = \
         lambda cfg, warmup_linear: warmup_linear(cfg.train.warmup_steps, cfg.train.steps)
+    # train.members > 1: None if inference pools the members' outputs under cfg, else what it would take
+    pools_members: Callable[[Config], str | None] = lambda cfg: "this task has no way to pool several models"
 
 
 def experiment_manifest(source, splits, train_set, val_set=None, test_set=None) -> dict:

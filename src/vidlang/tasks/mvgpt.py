@@ -143,4 +143,6 @@ TASK = Task(
     + (f", second stream: consensus captions of the {cfg.mvgpt.neighbour_captions} nearest training videos"
        if cfg.mvgpt.neighbour_captions else ""),
     lr_schedule=lr_schedule,
+    pools_members=lambda cfg: None if cfg.decode.method == "rerank" and not is_pretraining(cfg) else
+    "MV-GPT pools captioners' candidates for captioning with decode.method=rerank",
 )
