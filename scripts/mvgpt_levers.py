@@ -12,6 +12,8 @@ runs/levers/rows.jsonl (one JSON object per probe); ``table`` prints them as mar
     python scripts/mvgpt_levers.py collect runs/p-NAME --name NAME
     # rerank the captions of the decode probes of NAME by agreement with the k nearest training videos
     python scripts/mvgpt_levers.py rerank --name base --ks 10
+    # decode.rerank_prior on a trained rerank run (its train.members pooled): one decoding, several weights
+    python scripts/mvgpt_levers.py prior runs/p-pool3/seed0 --priors 0 0.25 0.5 1 --name pool3
     python scripts/mvgpt_levers.py table
 """
 from __future__ import annotations
@@ -124,6 +126,29 @@ def rerank(data: Path, name: str, k: int, command: str) -> None:
                  "command": command, **scored(dict(zip(refs, picked)), refs, scorer)})
 
 
+def prior(run: Path, data: Path, name: str, weights: list[float], command: str) -> None:
+    """decode.rerank_prior: the run's rerank pools (its own members' candidates included) decoded once,
+    picked with each weight."""
+    from vidlang.api import load_model
+    from vidlang.evaluation.caption_rerank import pick_by_neighbours, pooled_features
+    from vidlang.evaluation.captioning import caption_folder, first_per_key, rerank_pools
+
+    loaded = load_model(run, which="latest")
+    _, _, refs, dataset, _ = caption_folder(loaded, data, split=str(val_ids(data)), meteor=False, method="greedy",
+                                         max_len=1)
+    tic = time.perf_counter()
+    pools = rerank_pools(loaded.model, dataset, loaded.tokenizer, members=[m.model for m in loaded.members])
+    indices = first_per_key(dataset)
+    pooled, keys = pooled_features(dataset, indices), [dataset.keys[i] for i in indices]
+    decode_s = time.perf_counter() - tic
+    with CaptionScorer() as scorer:
+        for w in weights:
+            picked = pick_by_neighbours(pools, pooled, loaded.caption_bank, loaded.cfg.decode.rerank_neighbours, w)
+            add_row({"lever": name, "setting": f"rerank_prior={w}", "rerank_prior": w, "run": str(run),
+                     "members": 1 + len(loaded.members), "checkpoint": str(loaded.checkpoint), "decode_s": decode_s,
+                     "command": command, **scored(dict(zip(keys, picked)), refs, scorer)})
+
+
 def collect(out: Path, data: Path, name: str, command: str) -> None:
     """A training probe run by scripts/mvgpt_msrvtt.py --out OUT --seeds S: its result json(s) + captions."""
     ann = json.loads((data / "annotations.json").read_text())
@@ -158,10 +183,11 @@ def main() -> None:
     import sys
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["consensus", "decode", "rerank", "collect", "table"])
+    ap.add_argument("what", choices=["consensus", "decode", "rerank", "prior", "collect", "table"])
     ap.add_argument("path", nargs="?", type=Path, help="decode: a run folder; collect: a mvgpt_msrvtt.py --out folder")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/msrvtt-ae128-dev"))
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 5, 10, 20, 40], help="consensus/rerank: k")
+    ap.add_argument("--priors", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0], help="prior: weights")
     ap.add_argument("--name", default="")
     ap.add_argument("--only", nargs="*", help="decode: these DECODINGS labels only")
     args = ap.parse_args()
@@ -173,6 +199,8 @@ def main() -> None:
     elif args.what == "rerank":
         for k in args.ks:
             rerank(args.data, args.name, k, command)
+    elif args.what == "prior":
+        prior(args.path, args.data, args.name or str(args.path), args.priors, command)
     elif args.what == "collect":
         collect(args.path, args.data, args.name or str(args.path), command)
     else:

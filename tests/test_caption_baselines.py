@@ -103,14 +103,17 @@ def test_rerank_by_neighbours_matches_a_plain_loop():
               "a man is singing a song"]] * 2 + [["a man is slicing a tomato", "a woman sings", "a car drives"]]
     toks = tokenize(dict(enumerate(TRAIN_CAPS)))
     cider = CiderD([toks[v] for v in range(len(TRAIN_CAPS))])
-    for k in (1, 2, 4):
-        got = rerank_by_neighbours(cands, train, TRAIN_CAPS, test, k)
+    for k, prior in ((1, 0.0), (2, 0.0), (4, 0.0), (1, 0.5), (2, 1.0), (2, 3.0)):
+        got = rerank_by_neighbours(cands, train, TRAIN_CAPS, test, k, prior_weight=prior)
         for caption, options, pool in zip(got, cands, _brute_knn(train, test, k)):
-            def agreement(c):  # mean CIDEr-D of c against every caption of the pool's videos
+            def agreement(c):  # mean CIDEr-D of c against every caption of the pool's videos, less the prior's share
                 scores = cider.pair_scores([" ".join(c.split())])[0]
                 cols = [j for j, v in enumerate(cider.video_of_ref) if v in pool]
-                return sum(scores[j] for j in cols) / len(cols)
-            assert caption == max(options, key=agreement), (k, pool)
+                everyone = sum(scores) / len(scores)  # against every training caption
+                return sum(scores[j] for j in cols) / len(cols) - prior * everyone
+            assert caption == max(options, key=agreement), (k, prior, pool)
+    assert rerank_by_neighbours(cands, train, TRAIN_CAPS, test, 2, prior_weight=3.0) != \
+        rerank_by_neighbours(cands, train, TRAIN_CAPS, test, 2)  # the prior changes a pick
     # the pool decides: video 1's neighbour alone, then with video 2 (the singers) beside it
     assert rerank_by_neighbours(cands, train, TRAIN_CAPS, test, 1)[2] == "a man is slicing a tomato"
     assert rerank_by_neighbours(cands, train, TRAIN_CAPS, test, 2)[2] == "a woman sings"

@@ -187,6 +187,9 @@ class DecodeConfig:
     top_p: float = 0.9  # nucleus sampling mass, in (0, 1]
     temperature: float = 1.0  # nucleus sampling temperature, > 0
     rerank_neighbours: int = 10  # rerank: nearest training videos whose captions the pick must agree with
+    # rerank: minus this x the candidate's mean CIDEr-D against every training caption (a generic caption, which
+    # agrees with the whole dataset, loses to one that agrees with the nearest videos only); 0: off
+    rerank_prior: float = 0.0
 
 
 @dataclass

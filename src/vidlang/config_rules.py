@@ -33,7 +33,7 @@ VALUE_CHECKS = {
     "mvgpt.freeze_visual_steps": ">=0", "mvgpt.scst_steps": ">=0", "mvgpt.scst_samples": ">=1",
     "mvgpt.scst_lr_scale": ">0", "mvgpt.scst_xe_weight": ">=0", "mvgpt.neighbour_captions": ">=0",
     "decode.max_len": ">=1", "decode.beam_size": ">=1", "decode.no_repeat_ngram": ">=0", "decode.top_p": "(0,1]",
-    "decode.temperature": ">0", "decode.rerank_neighbours": ">=1",
+    "decode.temperature": ">0", "decode.rerank_neighbours": ">=1", "decode.rerank_prior": ">=0",
     "train.steps": ">=0", "train.batch_size": ">=1", "train.lr": ">0", "train.text_lr": ">=0",
     "train.weight_decay": ">=0", "train.warmup_steps": ">=0", "train.grad_clip": ">=0", "train.eval_every": ">=0",
     "train.save_every": ">=1", "train.log_every": ">=1", "train.threads": ">=0", "train.grad_accum_steps": ">=1",

@@ -318,6 +318,7 @@ def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], tr
     rerank = (method or loaded.cfg.decode.method) == "rerank"
     if rerank:
         k = settings.pop("rerank_neighbours", loaded.cfg.decode.rerank_neighbours)
+        prior = settings.pop("rerank_prior", loaded.cfg.decode.rerank_prior)
         check_neighbours(k, loaded.caption_bank, str(loaded.checkpoint))
     if neighbours and loaded.caption_bank is None:
         raise CheckpointError(f"{loaded.checkpoint} reads its nearest training videos' captions "
@@ -339,5 +340,5 @@ def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], tr
         ids = loaded.model.generate(video, mask, *text, method=method, **settings)
         out += [tok.decode(seq, skip_special_tokens=True).strip() for seq in ids]
     if rerank:
-        out = pick_by_neighbours(out, pooled, loaded.caption_bank, k)
+        out = pick_by_neighbours(out, pooled, loaded.caption_bank, k, prior)
     return out[0] if single else out

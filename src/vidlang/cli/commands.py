@@ -109,9 +109,14 @@ def cmd_caption(args) -> None:
     from vidlang.report import format_table, write_result_json
 
     loaded = load_model(args.checkpoint, args.which, kind="mvgpt", device=args.device)
-    settings = {k: v for k, v in (("beam_size", args.beam_size), ("max_len", args.max_len)) if v is not None}
+    settings = {k: v for k, v in (("beam_size", args.beam_size), ("max_len", args.max_len),
+                                  ("rerank_prior", args.rerank_prior)) if v is not None}
     if args.method and args.method != "beam":
         settings.pop("beam_size", None)
+    if "rerank_prior" in settings and (args.method or loaded.cfg.decode.method) != "rerank":
+        raise ConfigError("--rerank-prior weighs the rerank's pick: it needs decode.method=rerank (--method rerank)")
+    if settings.get("rerank_prior", 0) < 0:
+        raise ConfigError(f"--rerank-prior must be >= 0, got {args.rerank_prior}")
     stamp = decoding_name(loaded.cfg, args.method, **settings)
     if args.members and not args.data:
         raise ConfigError("--members pools candidates when captioning a folder: give --data DIR")

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "captions join the pools the rerank picks from (beyond the paper; stamped -poolN)")
     p.add_argument("--beam-size", type=int)
     p.add_argument("--max-len", type=int, help="most generated tokens")
+    p.add_argument("--rerank-prior", type=float, help="rerank: the weight of the generic-caption penalty "
+                   "(decode.rerank_prior; default: the checkpoint's)")
     p.add_argument("--no-meteor", action="store_true", help="leave METEOR out (no Java METEOR run); says so in the result")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", help="result JSON path (captions go beside it as .captions.jsonl)")

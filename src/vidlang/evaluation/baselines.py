@@ -177,11 +177,13 @@ def _pool_consensus(caps: list[list[str]], pools: Sequence[tuple[int, ...]]) -> 
 
 
 def rerank_by_neighbours(candidates: Sequence[Sequence[str]], train_feats: np.ndarray,
-                         train_captions: Sequence[Sequence[str]], test_feats: np.ndarray, k: int) -> list[str]:
+                         train_captions: Sequence[Sequence[str]], test_feats: np.ndarray, k: int,
+                         prior_weight: float = 0.0) -> list[str]:
     """For each test video, the one of its ``candidates`` (e.g. a captioner's captions under several
     decodings) with the highest mean CIDEr-D against all captions of its k nearest training videos
-    (:func:`nearest_videos`; IDF over all training videos); ties go to the first candidate. Only
-    training captions are references: each video is reranked alone. Needs Java (the PTB tokenizer).
+    (:func:`nearest_videos`; IDF over all training videos), less ``prior_weight`` times its mean CIDEr-D
+    against every training caption; ties go to the first candidate. Only training captions are
+    references: each video is reranked alone. Needs Java (the PTB tokenizer).
     """
     from vidlang.evaluation.caption_metrics import CiderD, tokenize
 
@@ -199,7 +201,8 @@ def rerank_by_neighbours(candidates: Sequence[Sequence[str]], train_feats: np.nd
     out = []
     for i, pool in enumerate(nearest):
         cols = np.concatenate([np.arange(first_ref[v], first_ref[v + 1]) for v in pool])
-        agreement = cider.pair_scores(toks[("cand", i)])[:, cols].mean(axis=1)
+        scores = cider.pair_scores(toks[("cand", i)])
+        agreement = scores[:, cols].mean(axis=1) - prior_weight * scores.mean(axis=1)
         out.append(cands[i][int(agreement.argmax())])
     return out
 

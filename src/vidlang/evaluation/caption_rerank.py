@@ -149,12 +149,15 @@ def check_members(loaded, members, method: str | None = None) -> None:
                               f"(its {BANK_FILE} differs or is missing)")
 
 
-def pick_by_neighbours(pools: list[list[str]], pooled: np.ndarray, bank: CaptionBank, k: int) -> list[str]:
-    """The neighbour-agreement pick of each pool; a clip whose decodings were all empty stays empty."""
+def pick_by_neighbours(pools: list[list[str]], pooled: np.ndarray, bank: CaptionBank, k: int,
+                       prior_weight: float = 0.0) -> list[str]:
+    """The neighbour-agreement pick of each pool (``prior_weight``: decode.rerank_prior); a clip whose
+    decodings were all empty stays empty."""
     keep = [i for i, pool in enumerate(pools) if pool]
     out = [""] * len(pools)
     if keep:
-        picked = rerank_by_neighbours([pools[i] for i in keep], bank.features, bank.captions, pooled[keep], k)
+        picked = rerank_by_neighbours([pools[i] for i in keep], bank.features, bank.captions, pooled[keep], k,
+                                      prior_weight)
         for i, caption in zip(keep, picked):
             out[i] = caption
     return out

@@ -81,12 +81,11 @@ def generate_captions(model: MVGPT, dataset: CaptionDataset, tokenizer, batch_si
     if (settings.get("method") or model.cfg.decode.method) == "rerank":
         settings.pop("method", None)
         k = settings.pop("rerank_neighbours", model.cfg.decode.rerank_neighbours)
+        prior = settings.pop("rerank_prior", model.cfg.decode.rerank_prior)
         bank = getattr(dataset, "caption_bank", None)
         check_neighbours(k, bank, "this run")
-        pools = [pool for batch in _batches(dataset, indices, batch_size, device) for pool in candidate_pools(
-            model, tokenizer, batch.video, batch.video_mask, batch.transcript_ids, batch.transcript_mask, members,
-            **settings)]
-        picked = pick_by_neighbours(pools, pooled_features(dataset, indices), bank, k)
+        pools = rerank_pools(model, dataset, tokenizer, batch_size, device, members, **settings)
+        picked = pick_by_neighbours(pools, pooled_features(dataset, indices), bank, k, prior)
         return {dataset.keys[i]: caption for i, caption in zip(indices, picked)}
     if members:
         raise ConfigError("pooling members' candidates needs decode.method=rerank")
@@ -95,6 +94,16 @@ def generate_captions(model: MVGPT, dataset: CaptionDataset, tokenizer, batch_si
         for i, seq in zip(indices[start:start + batch_size], ids):
             out[dataset.keys[i]] = tokenizer.decode(seq, skip_special_tokens=True).strip()
     return out
+
+
+@torch.no_grad()
+def rerank_pools(model: MVGPT, dataset: CaptionDataset, tokenizer, batch_size: int = 64, device="cpu",
+                 members: Sequence[MVGPT] = (), **settings) -> list[list[str]]:
+    """The rerank's candidates (caption_rerank.candidate_pools) of each key of ``dataset``, in order."""
+    model.eval()
+    return [pool for batch in _batches(dataset, first_per_key(dataset), batch_size, device) for pool in candidate_pools(
+        model, tokenizer, batch.video, batch.video_mask, batch.transcript_ids, batch.transcript_mask, members,
+        **settings)]
 
 
 @torch.no_grad()
@@ -151,7 +160,8 @@ def decoding_name(cfg: Config, method: str | None = None, **settings) -> str:
     if method == "beam":
         stamp = f"beam{settings.get('beam_size', g.beam_size)}-lp{settings.get('length_penalty', g.length_penalty)}"
     elif method == "rerank":
-        stamp = f"rerank{settings.get('rerank_neighbours', g.rerank_neighbours)}"
+        prior = settings.get("rerank_prior", g.rerank_prior)
+        stamp = f"rerank{settings.get('rerank_neighbours', g.rerank_neighbours)}" + (f"-prior{prior}" if prior else "")
     elif method == "nucleus":
         stamp = f"nucleus-p{settings.get('top_p', g.top_p)}-t{settings.get('temperature', g.temperature)}"
     else:

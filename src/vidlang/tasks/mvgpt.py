@@ -114,7 +114,9 @@ def build_caption_experiment(cfg: Config) -> Experiment:
 
 def validation_stamp(cfg: Config) -> str:
     method = validation_decoding(cfg)
-    return f"rerank{cfg.decode.rerank_neighbours}" if method == "rerank" else method
+    if method != "rerank":
+        return method
+    return f"rerank{cfg.decode.rerank_neighbours}" + (f"-prior{cfg.decode.rerank_prior}" if cfg.decode.rerank_prior else "")
 
 
 def validation_keys(cfg: Config) -> tuple[str, ...]:
