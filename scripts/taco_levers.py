@@ -38,7 +38,9 @@ CODE = provenance()
 
 
 def components(model, val_set, bank_set, bank_rows, parts, device="cpu"):
-    """{part: (val texts x videos), part+'_bank': (bank texts x videos)} for the trained parts."""
+    """{part: (val texts x videos), part+'_bank': (bank texts x videos)} for the trained parts, in eval
+    mode (train() leaves the model in train mode: the tuned text layers' dropout would be on)."""
+    model.eval()
     reps, text_to_video = retrieval_units(val_set)
     videos = encode_videos(model, _batches(val_set, reps, 256, device, ("video", "video_mask")))
     fields = ("input_ids", "attention_mask", "token_weights")
