@@ -267,7 +267,7 @@ def test_members_need_a_pooling_config_and_every_member_folder(pool_run, data_di
     recipe.write_text("task: mvgpt\n")
     base = ["train", "--quiet", str(recipe), *MVGPT_TINY, f"data.root={data_dir}", "train.steps=1", "train.members=2",
             "data.train_split=train", "data.val_split=none"]
-    for extra in (["decode.method=greedy"], ["task=taco", "decode.method=rerank"]):
+    for extra in (["decode.method=greedy"], ["mvgpt.objective=pretrain", "decode.method=rerank"]):
         assert main([*base, *extra, f"train.out_dir={tmp_path / 'x'}"]) == 2
         err = capsys.readouterr().err
         assert "train.members=2" in err and "Traceback" not in err

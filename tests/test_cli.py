@@ -258,3 +258,39 @@ def test_querybank_scores_take_t2v_from_the_normalised_matrix_and_v2t_from_the_r
     flipped, plain = retrieval_metrics(-sim, [0, 1, 2]), retrieval_metrics(sim, [0, 1, 2])
     assert out["t2v_R@1"] == flipped["t2v_R@1"] != plain["t2v_R@1"] and out["v2t_R@1"] == plain["v2t_R@1"]
     assert retrieval.retrieval_scores(None, SimpleNamespace(querybank=[]), sim, [0, 1, 2], cfg) == plain
+
+
+def test_a_run_of_two_members_is_evaluated_on_the_mean_of_their_scores(tmp_path, data_dir, capsys):
+    # train.members=2 (beyond the papers): member 2 trains in run/members/2 with seed + 1000
+    import copy
+
+    from vidlang.evaluation.retrieval import bank_similarity, scores_with_bank, similarity
+    from vidlang.inference import load_model
+
+    from vidlang.config import checkpoint_config
+    from vidlang.data.sources import open_data
+
+    out = tmp_path / "pool"
+    recipe = write_recipe(tmp_path / "recipe.yaml", data_dir)
+    assert main(["train", str(recipe), *tiny_overrides(out, data_dir, "train.steps=2", "train.members=2"), "--quiet"]) == 0
+    assert "member 2 of 2" in capsys.readouterr().out
+    assert checkpoint_config(out / "members" / "2" / "step-000002").train.seed == 1000
+    result = _evaluate(capsys, str(out), "--data", str(data_dir), "--allow-train-overlap")
+    assert "mean of 2 members" in result["scoring"]
+    sims, banks = [], []
+    for run in (out, out / "members" / "2"):  # each member alone
+        alone = load_model(run)
+        assert alone.members == [] or run == out
+        source = open_data(data_dir)
+        clips, _ = source.eval_split("all")
+        data, cfg = alone.dataset(clips, source.store), copy.copy(alone.cfg.eval)
+        sim, text_to_video = similarity(alone.model, data, cfg)
+        sims.append(sim)
+        banks.append(bank_similarity(alone.model, data, alone.meta["querybank"], cfg))  # QB-Norm's bank (t2v)
+    assert not torch.equal(sims[0], sims[1])
+    want = scores_with_bank((sims[0] + sims[1]) / 2, (banks[0] + banks[1]) / 2, text_to_video, cfg)
+    assert {k: result["metrics"][k] for k in want} == pytest.approx(want)
+    with pytest.warns(UserWarning, match="train.members"):
+        from vidlang.retrieval.index import build_index
+
+        build_index(load_model(out), source.store)

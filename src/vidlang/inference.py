@@ -76,6 +76,7 @@ class LoadedModel(_Unpacks):
     checkpoint: Path
     meta: dict
     device: torch.device = torch.device("cpu")
+    members: list[LoadedModel] = field(default_factory=list)  # train.members: the run's other models
 
     def dataset(self, clips: list[Clip], store: FeatureStore, skip_bad: bool = False) -> VideoTextDataset:
         return VideoTextDataset(
@@ -124,7 +125,8 @@ def _load(path: Path, which: str, kind: str | None, device: torch.device, text_e
         check_members(loaded, members)
         return loaded
     weighter = TokenWeighter.from_state_dict(meta["token_weighter"])
-    return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta, device)
+    members = [_load(m, which, "taco", device, cfg.model.text_encoder) for m in _member_folders(folder, cfg.train.members)]
+    return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta, device, members)
 
 
 def _member_folders(checkpoint: Path, members: int) -> list[Path]:

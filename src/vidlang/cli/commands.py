@@ -81,7 +81,9 @@ def cmd_evaluate(args) -> None:
                                     allow_train_overlap=args.allow_train_overlap, protocol=args.protocol)
     split_name = Path(args.split).name if args.split else "all"
     split, scoring = f"{data.name}:{split_name}", info["scoring"]
-    out = Path(args.out) if args.out else loaded.checkpoint / "results" / f"{data.name}-{split_name}-{scoring}.json"
+    short = (args.scoring or loaded.cfg.eval.scoring) + ("-qbnorm" if "QB-Norm" in scoring else "") \
+        + (f"-pool{1 + len(loaded.members)}" if loaded.members else "")  # the file name; `scoring` says it all
+    out = Path(args.out) if args.out else loaded.checkpoint / "results" / f"{data.name}-{split_name}-{short}.json"
     extra = {"checkpoint": str(loaded.checkpoint), "data": str(data), **info}
     write_result_json(out, metrics, split=split, scoring=scoring, protocol=info["protocol"],
                       config=loaded.cfg.to_dict(), extra=extra)

@@ -132,10 +132,16 @@ def retrieval_scores(model, dataset: VideoTextDataset, sim: torch.Tensor, text_t
                      batch_size: int = 256, device="cpu") -> dict[str, float]:
     """R@k both ways from ``sim``; with ``cfg.querybank`` and a ``dataset.querybank``, the t2v metrics
     come from QB-Norm of ``sim`` (v2t from ``sim`` itself)."""
+    bank = bank_similarity(model, dataset, dataset.querybank, cfg, batch_size, device) \
+        if querybank_description(cfg, len(dataset.querybank)) else None
+    return scores_with_bank(sim, bank, text_to_unit, cfg)
+
+
+def scores_with_bank(sim: torch.Tensor, bank: torch.Tensor | None, text_to_unit: list[int], cfg: EvalConfig) -> dict:
+    """R@k both ways from ``sim``; the t2v metrics from QB-Norm of ``sim`` with ``bank`` when one is given."""
     metrics = retrieval_metrics(sim, text_to_unit)
-    if not querybank_description(cfg, len(dataset.querybank)):
+    if bank is None:
         return metrics
-    bank = bank_similarity(model, dataset, dataset.querybank, cfg, batch_size, device)
     std = float(bank.std())
     normed = querybank_normalise(sim, bank, cfg.querybank_beta / max(std, 1e-12), dynamic=True)
     return metrics | {k: v for k, v in retrieval_metrics(normed, text_to_unit).items() if k.startswith("t2v")}
@@ -163,8 +169,19 @@ def evaluate_folder(loaded, data: str | Path, *, split: str | None = None, featu
     cfg = copy.copy(loaded.cfg.eval)
     cfg.scoring = scoring or cfg.scoring
     dataset.querybank = list(loaded.meta.get("querybank") or []) if cfg.querybank else []
-    sim, text_to_video = similarity(loaded.model, dataset, cfg, device=loaded.device)
-    metrics = retrieval_scores(loaded.model, dataset, sim, text_to_video, cfg, device=loaded.device)
-    info |= {"scoring": cfg.scoring + querybank_description(cfg, len(dataset.querybank)), "protocol": stamp, "skipped": dict(dataset.skipped),
+    members = getattr(loaded, "members", [])
+    sims, banks = [], []
+    for model in (loaded, *members):  # train.members: the mean of every member's scores (beyond the papers)
+        data_m = dataset if model is loaded else model.dataset(clips, source.store, skip_bad=skip_bad)
+        data_m.querybank = dataset.querybank
+        sim, text_to_video = similarity(model.model, data_m, cfg, device=model.device)
+        sims.append(sim)
+        if querybank_description(cfg, len(dataset.querybank)):
+            banks.append(bank_similarity(model.model, data_m, dataset.querybank, cfg, device=model.device))
+    metrics = scores_with_bank(torch.stack(sims).mean(0), torch.stack(banks).mean(0) if banks else None,
+                               text_to_video, cfg)
+    pooled = f" + the mean of {len(sims)} members' scores (train.members)" if members else ""
+    info |= {"scoring": cfg.scoring + querybank_description(cfg, len(dataset.querybank)) + pooled,
+             "members": [str(m.checkpoint) for m in members], "protocol": stamp, "skipped": dict(dataset.skipped),
              "skipped_by_readers": dict(source.counter), "skipped_items": [*named_skips(source.counter), *named_skips(dataset.skipped)]}
     return metrics, info

@@ -209,6 +209,12 @@ def build_index(
     features (s2 and s3 then differ from float32 by ~1e-3 relative); float32 reproduces them exactly.
     """
     settings = FaissSettings(kind=faiss) if isinstance(faiss, str) else faiss
+    if getattr(loaded, "members", None):
+        import warnings
+
+        warnings.warn(f"{loaded.checkpoint} is one of {1 + len(loaded.members)} models of its run (train.members): "
+                      "the index and search use this one alone, while `vidlang evaluate` averages all of them",
+                      stacklevel=2)
     if token_dtype not in ("float16", "float32"):
         raise ConfigError(f"token_dtype must be float16 or float32, not {token_dtype!r}")
     store = open_store(store, fps=fps) if isinstance(store, (str, Path)) else store

@@ -87,4 +87,5 @@ TASK = Task(
     show_keys=lambda cfg: ("t2v_R@1", "t2v_R@5", "v2t_R@1"),
     unused_parameters=lambda cfg: not cfg.taco.fusion_weight,  # the fusion encoder is then unused
     scoring=lambda cfg: cfg.eval.scoring + querybank_description(cfg.eval, cfg.eval.querybank),
+    pools_members=lambda cfg: None,  # vidlang evaluate averages the members' score matrices
 )
