@@ -126,18 +126,20 @@ def rerank(data: Path, name: str, k: int, command: str) -> None:
                  "command": command, **scored(dict(zip(refs, picked)), refs, scorer)})
 
 
-def prior(run: Path, data: Path, name: str, weights: list[float], command: str) -> None:
-    """decode.rerank_prior: the run's rerank pools (its own members' candidates included) decoded once,
-    picked with each weight."""
+def prior(run: Path, data: Path, name: str, weights: list[float], command: str, others: list[Path]) -> None:
+    """decode.rerank_prior: the run's rerank pools (its own members' and ``others``' candidates included)
+    decoded once, picked with each weight."""
     from vidlang.api import load_model
-    from vidlang.evaluation.caption_rerank import pick_by_neighbours, pooled_features
+    from vidlang.evaluation.caption_rerank import check_members, pick_by_neighbours, pooled_features
     from vidlang.evaluation.captioning import caption_folder, first_per_key, rerank_pools
 
     loaded = load_model(run, which="latest")
+    members = [*loaded.members, *(load_model(m, which="latest") for m in others)]
+    check_members(loaded, members, "rerank")
     _, _, refs, dataset, _ = caption_folder(loaded, data, split=str(val_ids(data)), meteor=False, method="greedy",
-                                         max_len=1)
+                                         max_len=1)  # the dataset and references; these captions are not used
     tic = time.perf_counter()
-    pools = rerank_pools(loaded.model, dataset, loaded.tokenizer, members=[m.model for m in loaded.members])
+    pools = rerank_pools(loaded.model, dataset, loaded.tokenizer, members=[m.model for m in members])
     indices = first_per_key(dataset)
     pooled, keys = pooled_features(dataset, indices), [dataset.keys[i] for i in indices]
     decode_s = time.perf_counter() - tic
@@ -145,7 +147,7 @@ def prior(run: Path, data: Path, name: str, weights: list[float], command: str) 
         for w in weights:
             picked = pick_by_neighbours(pools, pooled, loaded.caption_bank, loaded.cfg.decode.rerank_neighbours, w)
             add_row({"lever": name, "setting": f"rerank_prior={w}", "rerank_prior": w, "run": str(run),
-                     "members": 1 + len(loaded.members), "checkpoint": str(loaded.checkpoint), "decode_s": decode_s,
+                     "members": [str(m.checkpoint) for m in members], "checkpoint": str(loaded.checkpoint), "decode_s": decode_s,
                      "command": command, **scored(dict(zip(keys, picked)), refs, scorer)})
 
 
@@ -188,6 +190,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/msrvtt-ae128-dev"))
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 2, 3, 5, 10, 20, 40], help="consensus/rerank: k")
     ap.add_argument("--priors", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0], help="prior: weights")
+    ap.add_argument("--members", type=Path, nargs="*", default=[], help="prior: other captioners pooled")
     ap.add_argument("--name", default="")
     ap.add_argument("--only", nargs="*", help="decode: these DECODINGS labels only")
     args = ap.parse_args()
@@ -200,7 +203,7 @@ def main() -> None:
         for k in args.ks:
             rerank(args.data, args.name, k, command)
     elif args.what == "prior":
-        prior(args.path, args.data, args.name or str(args.path), args.priors, command)
+        prior(args.path, args.data, args.name or str(args.path), args.priors, command, args.members)
     elif args.what == "collect":
         collect(args.path, args.data, args.name or str(args.path), command)
     else:

@@ -272,6 +272,11 @@ def test_members_need_a_pooling_config_and_every_member_folder(pool_run, data_di
         err = capsys.readouterr().err
         assert "train.members=2" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+    grown = tmp_path / "grown"  # a finished run does not take more members: its checkpoints would not pool them
+    shutil.copytree(pool_run, grown)
+    with pytest.raises(ConfigError, match="train.members"):
+        _train_rerank_run(grown, data_dir, "train.members=3", "train.seed=0")
+    assert not (grown / "members" / "3").exists()
     broken = tmp_path / "broken"
     shutil.copytree(pool_run, broken)
     shutil.rmtree(broken / "members" / "2")

@@ -66,7 +66,6 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 RESUME_MAY_CHANGE = frozenset({
     "train.steps", "train.eval_every", "train.save_every", "train.log_every", "train.threads", "train.device",
     "train.dist_backend", "train.resume", "train.out_dir", "train.init_from", "train.activation_checkpointing",
-    "train.members",  # the other members train in their own folders
     "data.num_workers",
 })
 

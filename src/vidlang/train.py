@@ -168,12 +168,24 @@ def _rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank  # each rank its own dropout stream; rank 0 keeps the one-process stream
 
 
+def resumable_changes(checkpoint: Path, cfg: Config) -> dict[str, tuple]:
+    """What ``cfg`` changes in the run of ``checkpoint``; an error unless train.resume=force."""
+    changed = config_changes(checkpoint_config(checkpoint), cfg)
+    if changed and cfg.train.resume != "force":
+        raise ConfigError(f"{checkpoint.parent} holds a run trained with another config ({describe_changes(changed)}): "
+                          "resuming would ignore the change; use a new train.out_dir, or train.resume=force "
+                          "to resume with the new values")
+    return changed
+
+
 def train_members(cfg: Config, task: Task, progress: bool) -> None:
     """``train.members=K`` (beyond the papers): before the run's own model, K-1 more of the same config, each
     with its own seed (checkpoint.member_seed), in out_dir/members/2..K; each resumes like any run."""
     if (why_not := task.pools_members(cfg)) is not None:
         raise ConfigError(f"train.members={cfg.train.members} trains models whose outputs inference pools, and this "
                           f"config cannot pool them ({why_not}): use train.members=1")
+    if (own := ckpt.latest_checkpoint(cfg.train.out_dir)) is not None:
+        resumable_changes(own, cfg)  # before the members train
     for m, folder in enumerate(ckpt.member_dirs(cfg.train.out_dir, cfg.train.members), start=2):
         seed = ckpt.member_seed(cfg.train.seed, m)
         if distributed.is_main():
@@ -230,11 +242,7 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     if resume_from is not None:
         ckpt.read_meta(resume_from, expect_model=task.model)
         ckpt.load_weights(model, resume_from)
-        changed = config_changes(checkpoint_config(resume_from), cfg)
-        if changed and t_cfg.resume != "force":
-            raise ConfigError(f"{out_dir} holds a run trained with another config ({describe_changes(changed)}): "
-                              "resuming would ignore the change; use a new train.out_dir, or train.resume=force "
-                              "to resume with the new values")
+        changed = resumable_changes(resume_from, cfg)
         fresh = [{k: g[k] for k in ("initial_lr", "weight_decay")} for g in optimizer.param_groups]
         state = ckpt.load_state(resume_from)
         optimizer.load_state_dict(state["optimizer"])
