@@ -125,6 +125,29 @@ def report() -> str:
     return table
 
 
+def pooled(name: str, seeds: list[int], members: int, data: str) -> None:
+    """train.members as `vidlang evaluate` scores it (evaluate_folder: eval mode, the checkpoint's QB-Norm bank):
+    for each seed s, NAME-seed{s} alone and pooled with NAME-seed{checkpoint.member_seed(s, m)}, m = 2..members
+    (the runs a train.members run would have trained). Rows go to runs/levers/pooled.jsonl."""
+    from vidlang.api import load_model
+    from vidlang.evaluation.retrieval import evaluate_folder
+
+    ids = (Path(data) / "video_ids.txt").read_text().split()
+    split = OUT / "ids-700-800.txt"
+    split.write_text("".join(v + "\n" for v in ids[700:800]))
+    for seed in seeds:
+        loaded = load_model(OUT / f"{name}-seed{seed}")
+        alone, _ = evaluate_folder(loaded, data, split=str(split))
+        loaded.members = [load_model(OUT / f"{name}-seed{ckpt.member_seed(seed, m)}") for m in range(2, members + 1)]
+        pool, info = evaluate_folder(loaded, data, split=str(split))
+        row = {"name": name, "seed": seed, "members": [str(m.checkpoint) for m in loaded.members], "alone": alone,
+               "pooled": pool, "scoring": info["scoring"], "provenance": CODE}
+        with (OUT / "pooled.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{name} seed {seed}: t2v R@1 alone {alone['t2v_R@1']:.2f}, {members} pooled {pool['t2v_R@1']:.2f} "
+              f"(v2t {alone['v2t_R@1']:.2f} -> {pool['v2t_R@1']:.2f}; {info['scoring']})", flush=True)
+
+
 def paired(a: str, b: str, key: str = "t2v_R@1") -> str:
     """Per-seed difference b - a of ``key`` over the seeds both probes ran (a paired comparison)."""
     runs = {}
@@ -164,10 +187,14 @@ def main() -> None:
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--paired", nargs=2, metavar=("A", "B"), help="per-seed t2v R@1 difference B - A")
     ap.add_argument("--queue", type=Path, help="run 'NAME overrides...' lines popped from this file until it is empty")
+    ap.add_argument("--pooled", type=int, metavar="K", help="score --name's --seeds alone and with K-1 members")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
     args = ap.parse_args()
     if args.paired:
         print(paired(*args.paired))
+        return
+    if args.pooled:
+        pooled(args.name, args.seeds, args.pooled, args.data)
         return
     if args.queue:  # one process for many probes: the text encoder's cache is shared in memory
         while (line := pop_line(args.queue)) is not None:
