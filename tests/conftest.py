@@ -27,7 +27,7 @@ TINY = [
     "model.width=16", "model.video_heads=2", "model.fusion_heads=2", "model.fusion_layers=1",
     "model.text_trainable_layers=0", "data.max_frames=6", "train.batch_size=8", "train.steps=6",
     "train.warmup_steps=2", "train.eval_every=3", "train.save_every=3", "train.threads=1",
-    "data.train_split=train", "data.val_split=validate", "taco.num_negatives=3",
+    "data.train_split=train", "data.val_split=validate", "taco.num_negatives=3", "train.members=1",
 ]
 
 
