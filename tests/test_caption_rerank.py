@@ -158,19 +158,23 @@ def member_run(tmp_path_factory, data_dir) -> Path:
     return _train_rerank_run(tmp_path_factory.mktemp("member") / "run", data_dir, "train.seed=7")
 
 
-@pytest.fixture()
-def two_voices(monkeypatch):
-    """The member (train.seed 7) says MEMBER_SAYS, every other captioner SAYS."""
+def _two_voices(monkeypatch, member_seed: int) -> None:
+    """The captioner trained with ``member_seed`` says MEMBER_SAYS, every other captioner SAYS."""
     from vidlang.models.mvgpt import MVGPT
     from vidlang.text.pretrained import load_tokenizer
 
     def generate(self, video, *args, method=None, **settings):
         tok = load_tokenizer(self.cfg.model.text_encoder)
         name = "beam-nr2" if settings.get("no_repeat_ngram") == 2 else (method or self.cfg.decode.method)
-        says = MEMBER_SAYS if self.cfg.train.seed == 7 else SAYS
+        says = MEMBER_SAYS if self.cfg.train.seed == member_seed else SAYS
         return [tok(says[name], add_special_tokens=False)["input_ids"]] * video.shape[0]
 
     monkeypatch.setattr(MVGPT, "generate", generate)
+
+
+@pytest.fixture()
+def two_voices(monkeypatch):
+    _two_voices(monkeypatch, 7)  # member_run's seed
 
 
 def test_members_candidates_join_the_pools(reranking_run, member_run, data_dir, tmp_path, two_voices, capsys):
@@ -215,17 +219,7 @@ def pool_run(tmp_path_factory, data_dir) -> Path:
 
 @pytest.fixture()
 def member_voice(monkeypatch):
-    """The run's second member (train.seed 1000) says MEMBER_SAYS, every other captioner SAYS."""
-    from vidlang.models.mvgpt import MVGPT
-    from vidlang.text.pretrained import load_tokenizer
-
-    def generate(self, video, *args, method=None, **settings):
-        tok = load_tokenizer(self.cfg.model.text_encoder)
-        name = "beam-nr2" if settings.get("no_repeat_ngram") == 2 else (method or self.cfg.decode.method)
-        says = MEMBER_SAYS if self.cfg.train.seed == 1000 else SAYS
-        return [tok(says[name], add_special_tokens=False)["input_ids"]] * video.shape[0]
-
-    monkeypatch.setattr(MVGPT, "generate", generate)
+    _two_voices(monkeypatch, 1000)  # the run's second member
 
 
 def test_a_run_of_two_members_trains_both_and_pools_them(pool_run, data_dir, tmp_path, member_voice, capsys):
