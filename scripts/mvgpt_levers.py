@@ -130,7 +130,7 @@ def prior(run: Path, data: Path, name: str, weights: list[float], command: str, 
     """decode.rerank_prior: the run's rerank pools (its own members' and ``others``' candidates included)
     decoded once, picked with each weight."""
     from vidlang.api import load_model
-    from vidlang.evaluation.caption_rerank import check_members, pick_by_neighbours, pooled_features
+    from vidlang.evaluation.caption_rerank import check_members, clip_features, pick_by_neighbours, pooled_features
     from vidlang.evaluation.captioning import caption_folder, first_per_key, rerank_pools
 
     loaded = load_model(run, which="latest")
@@ -142,10 +142,12 @@ def prior(run: Path, data: Path, name: str, weights: list[float], command: str, 
     pools = rerank_pools(loaded.model, dataset, loaded.tokenizer, members=[m.model for m in members])
     indices = first_per_key(dataset)
     pooled, keys = pooled_features(dataset, indices), [dataset.keys[i] for i in indices]
+    nearest = (loaded.retriever.nearest(clip_features(dataset, indices), loaded.caption_bank,
+                                        loaded.cfg.decode.rerank_neighbours) if loaded.retriever else None)
     decode_s = time.perf_counter() - tic
     with CaptionScorer() as scorer:
         for w in weights:
-            picked = pick_by_neighbours(pools, pooled, loaded.caption_bank, loaded.cfg.decode.rerank_neighbours, w)
+            picked = pick_by_neighbours(pools, pooled, loaded.caption_bank, loaded.cfg.decode.rerank_neighbours, w, nearest)
             add_row({"lever": name, "setting": f"rerank_prior={w}", "rerank_prior": w, "run": str(run),
                      "members": [str(m.checkpoint) for m in members], "checkpoint": str(loaded.checkpoint), "decode_s": decode_s,
                      "command": command, **scored(dict(zip(keys, picked)), refs, scorer)})

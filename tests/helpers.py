@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-# A tiny MV-GPT (as tests/test_mvgpt.py's TINY) captioning from the frames alone.
 # the spoken world (conftest.spoken_world): video0 and video1 get identical frames, only their speech differs
 SPOKEN_SAID = {"video0": [(0.0, 2.0, "I spent the whole morning painting the garden fence."),
                           (2.0, 4.0, "The brush was too small for it.")],
                "video1": [(0.5, 3.0, "My grandmother bakes a chocolate cake every Sunday.")]}
 SPOKEN_QUERY = "someone talks about baking a chocolate cake"
 
+# A tiny MV-GPT (as tests/test_mvgpt.py's TINY) captioning from the frames alone.
 MVGPT_TINY = ["task=mvgpt", "model.width=32", "model.video_heads=2", "model.fusion_heads=2",
               "model.fusion_layers=1", "model.text_trainable_layers=0", "model.dropout=0", "mvgpt.decoder_layers=1",
               "mvgpt.decoder_heads=2", "decode.max_len=8", "mvgpt.objective=caption",
@@ -107,3 +107,35 @@ def live_server(app, timeout: float = 20.0):
         server.should_exit = True
         thread.join(timeout)
         sock.close()
+
+
+# what a patched MV-GPT decoder says under each rerank candidate decoding (fixture words: see conftest.scene)
+SAYS = {"greedy": "a man slices a tomato", "beam": "a dog throws a ball", "beam-nr2": "the woman is eating the cake"}
+
+
+def patch_decoder(monkeypatch) -> None:
+    """MVGPT.generate says one fixed sentence per decoding, so each rerank pool holds three captions."""
+    from vidlang.models.mvgpt import MVGPT
+    from vidlang.text.pretrained import load_tokenizer
+
+    real = MVGPT.generate
+
+    def generate(self, video, *args, method=None, **settings):
+        real(self, video, *args, method=method, **settings)  # the real decoder still runs with these settings
+        tok = load_tokenizer(self.cfg.model.text_encoder)
+        name = "beam-nr2" if settings.get("no_repeat_ngram") == 2 else (method or self.cfg.decode.method)
+        return [tok(SAYS[name], add_special_tokens=False)["input_ids"]] * video.shape[0]
+
+    monkeypatch.setattr(MVGPT, "generate", generate)
+
+
+def held_out_split(data_dir: Path, tmp_path: Path):
+    """(annotations, features, video ids, held-out row indices, an id-list file of the held-out videos) of the
+    tiny data folder (conftest.data_dir)."""
+    ann = json.loads((data_dir / "annotations.json").read_text())
+    feats = np.load(data_dir / "features.npy")
+    ids = [f"video{i}" for i in range(len(feats))]
+    held = [i for i, v in enumerate(ids) if ann[v]["split"] != "train"]
+    split = tmp_path / "held.txt"
+    split.write_text("".join(f"{ids[i]}\n" for i in held))
+    return ann, feats, ids, held, split

@@ -7,24 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import N_TRAIN, read_annotations_json
-from helpers import MVGPT_TINY
+from helpers import MVGPT_TINY, SAYS, held_out_split, patch_decoder
 
 from vidlang.errors import CheckpointError, ConfigError
 from vidlang.evaluation.baselines import rerank_by_neighbours
 from vidlang.evaluation.caption_rerank import BANK_FILE, CaptionBank, pick_by_neighbours
 
-# what the patched decoder says under each candidate decoding (fixture words: see conftest.scene)
-SAYS = {"greedy": "a man slices a tomato", "beam": "a dog throws a ball", "beam-nr2": "the woman is eating the cake"}
-
-
-def held_out_split(data_dir: Path, tmp_path: Path):
-    """(annotations, features, video ids, held-out row indices, an id-list file of the held-out videos)."""
-    ann, feats = read_annotations_json(data_dir), np.load(data_dir / "features.npy")
-    ids = [f"video{i}" for i in range(len(feats))]
-    held = [i for i, v in enumerate(ids) if ann[v]["split"] != "train"]
-    split = tmp_path / "held.txt"
-    split.write_text("".join(f"{ids[i]}\n" for i in held))
-    return ann, feats, ids, held, split
 
 
 def test_pick_follows_the_nearest_training_videos_and_keeps_empty_pools_empty():
@@ -50,19 +38,7 @@ def test_bank_round_trips_and_a_bad_file_is_named(tmp_path):
 
 @pytest.fixture()
 def patched_decoder(monkeypatch):
-    """MVGPT.generate says one fixed sentence per decoding, so each pool holds three different captions."""
-    from vidlang.models.mvgpt import MVGPT
-    from vidlang.text.pretrained import load_tokenizer
-
-    real = MVGPT.generate
-
-    def generate(self, video, *args, method=None, **settings):
-        real(self, video, *args, method=method, **settings)  # the real decoder still runs with these settings
-        tok = load_tokenizer(self.cfg.model.text_encoder)
-        name = "beam-nr2" if settings.get("no_repeat_ngram") == 2 else (method or self.cfg.decode.method)
-        return [tok(SAYS[name], add_special_tokens=False)["input_ids"]] * video.shape[0]
-
-    monkeypatch.setattr(MVGPT, "generate", generate)
+    patch_decoder(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -126,6 +126,8 @@ FOREIGN_WEIGHTS = ("pytorch_model.bin", "model.safetensors", "pytorch_model.bin.
 
 
 MEMBERS_DIR = "members"
+RETRIEVER_DIR = "retriever"  # decode.rerank_retriever trained by a run: out_dir/retriever
+TEXT_ENCODER_DIR = "text_encoder"  # inside a model folder written by save_pretrained
 MEMBER_SEED_STRIDE = 1000
 
 

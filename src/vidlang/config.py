@@ -190,6 +190,10 @@ class DecodeConfig:
     # rerank: minus this x the candidate's mean CIDEr-D against every training caption (a generic caption, which
     # agrees with the whole dataset, loses to one that agrees with the nearest videos only); 0: off
     rerank_prior: float = 0.0
+    # rerank: the nearest training videos by a TACo model's sentence score instead of pooled-feature cosine
+    # (beyond the paper): a TACo recipe (.yaml), trained first into train.out_dir/retriever on this config's data,
+    # splits and seed, or a trained TACo run/checkpoint folder; "": off
+    rerank_retriever: str = ""
 
 
 @dataclass

@@ -30,9 +30,11 @@ from vidlang.errors import CheckpointError, DataError
 from vidlang.evaluation.caption_rerank import (
     BANK_FILE,
     CaptionBank,
+    Retriever,
     candidate_pools,
     check_members,
     check_neighbours,
+    load_retriever,
     neighbour_transcripts,
     pick_by_neighbours,
 )
@@ -46,7 +48,7 @@ from vidlang.text.idf import TokenWeighter
 from vidlang.text.pretrained import load_tokenizer
 
 
-TEXT_ENCODER_DIR = "text_encoder"  # inside a model folder written by save_pretrained
+TEXT_ENCODER_DIR = ckpt.TEXT_ENCODER_DIR
 
 
 class _Unpacks:
@@ -95,6 +97,7 @@ class LoadedCaptioner(_Unpacks):
     device: torch.device = torch.device("cpu")
     caption_bank: CaptionBank | None = None  # decode.method=rerank: the training videos' captions
     members: list[LoadedCaptioner] = field(default_factory=list)  # train.members: the run's other captioners
+    retriever: Retriever | None = None  # decode.rerank_retriever: the TACo model that finds the rerank's neighbours
 
 
 def load_model(path: str | Path, which: str = "best", kind: str | None = None,
@@ -121,12 +124,26 @@ def _load(path: Path, which: str, kind: str | None, device: torch.device, text_e
         bank = CaptionBank.load(folder / BANK_FILE) if (folder / BANK_FILE).is_file() else None
         members = [_load(m, which, "mvgpt", device, cfg.model.text_encoder)
                    for m in _member_folders(folder, cfg.train.members)]
-        loaded = LoadedCaptioner(model, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta, device, bank, members)
+        retriever = _retriever(folder, cfg, device) if cfg.decode.rerank_retriever and not text_encoder else None
+        loaded = LoadedCaptioner(model, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta, device, bank, members,
+                                 retriever)
         check_members(loaded, members)
         return loaded
     weighter = TokenWeighter.from_state_dict(meta["token_weighter"])
     members = [_load(m, which, "taco", device, cfg.model.text_encoder) for m in _member_folders(folder, cfg.train.members)]
     return LoadedModel(model, cfg, load_tokenizer(cfg.model.text_encoder), weighter, folder, meta, device, members)
+
+
+def _retriever(checkpoint: Path, cfg, device: torch.device) -> Retriever:
+    """decode.rerank_retriever: the run's own (run/retriever, or beside the checkpoint in a shared folder),
+    else the TACo run the config names."""
+    here = [f for f in (checkpoint / ckpt.RETRIEVER_DIR, checkpoint.parent / ckpt.RETRIEVER_DIR) if f.is_dir()]
+    folder = here[0] if here else Path(cfg.decode.rerank_retriever)
+    if not folder.exists():
+        raise CheckpointError(f"{checkpoint} reranks with the TACo retriever decode.rerank_retriever="
+                              f"{cfg.decode.rerank_retriever}, which is missing (no {ckpt.RETRIEVER_DIR}/ beside it "
+                              "either): copy the whole run folder")
+    return load_retriever(folder, device)
 
 
 def _member_folders(checkpoint: Path, members: int) -> list[Path]:
@@ -194,6 +211,15 @@ def save_pretrained(loaded: LoadedModel | LoadedCaptioner, out: str | Path, over
         for name in ("model.safetensors", "meta.json", "config.yaml", ckpt.TRAIN_IDS, BANK_FILE):
             if (checkpoint / name).is_file():
                 shutil.copy2(checkpoint / name, folder / name)
+    if (retriever := getattr(loaded, "retriever", None)) is not None:  # a TACo model folder of its own
+        (tmp / ckpt.RETRIEVER_DIR).mkdir()
+        for name in ("model.safetensors", "meta.json", "config.yaml", ckpt.TRAIN_IDS):
+            if (retriever.checkpoint / name).is_file():
+                shutil.copy2(retriever.checkpoint / name, tmp / ckpt.RETRIEVER_DIR / name)
+        text_encoder = read_config(retriever.checkpoint).model.text_encoder
+        AutoConfig.from_pretrained(resolve_text_encoder(text_encoder)).save_pretrained(
+            tmp / ckpt.RETRIEVER_DIR / TEXT_ENCODER_DIR)
+        retriever.tokenizer.save_pretrained(tmp / ckpt.RETRIEVER_DIR / TEXT_ENCODER_DIR)
     encoder = resolve_text_encoder(loaded.cfg.model.text_encoder)
     AutoConfig.from_pretrained(encoder).save_pretrained(tmp / TEXT_ENCODER_DIR)
     loaded.tokenizer.save_pretrained(tmp / TEXT_ENCODER_DIR)
@@ -342,5 +368,6 @@ def caption(loaded: LoadedCaptioner, features: np.ndarray | list[np.ndarray], tr
         ids = loaded.model.generate(video, mask, *text, method=method, **settings)
         out += [tok.decode(seq, skip_special_tokens=True).strip() for seq in ids]
     if rerank:
-        out = pick_by_neighbours(out, pooled, loaded.caption_bank, k, prior)
+        nearest = loaded.retriever.nearest(features, loaded.caption_bank, k) if loaded.retriever else None
+        out = pick_by_neighbours(out, pooled, loaded.caption_bank, k, prior, nearest)
     return out[0] if single else out

@@ -203,6 +203,11 @@ def train(cfg: Config, experiment: Experiment | None = None, progress: bool = Tr
     if accum < 1:
         raise ConfigError(f"train.grad_accum_steps must be >= 1, got {accum}")
     task = task or get_task(cfg.task)
+    first, cfg = task.prerequisites(cfg)
+    for other in first:  # e.g. the TACo retriever of MV-GPT's rerank, into out_dir/retriever
+        if distributed.is_main():
+            print(f"first: the {other.task} run in {other.train.out_dir}", flush=True)
+        train(other, progress=progress)
     if t_cfg.members > 1:
         train_members(cfg, task, progress)
     multi = distributed.init_from_env(t_cfg.dist_backend, pick_device(t_cfg.device))

@@ -178,12 +178,13 @@ def _pool_consensus(caps: list[list[str]], pools: Sequence[tuple[int, ...]]) -> 
 
 def rerank_by_neighbours(candidates: Sequence[Sequence[str]], train_feats: np.ndarray,
                          train_captions: Sequence[Sequence[str]], test_feats: np.ndarray, k: int,
-                         prior_weight: float = 0.0) -> list[str]:
+                         prior_weight: float = 0.0, *, nearest: np.ndarray | None = None) -> list[str]:
     """For each test video, the one of its ``candidates`` (e.g. a captioner's captions under several
     decodings) with the highest mean CIDEr-D against all captions of its k nearest training videos
     (:func:`nearest_videos`; IDF over all training videos), less ``prior_weight`` times its mean CIDEr-D
     against every training caption; ties go to the first candidate. Only training captions are
-    references: each video is reranked alone. Needs Java (the PTB tokenizer).
+    references: each video is reranked alone. ``nearest``: (M, >= k) neighbour indices found another
+    way (e.g. a retrieval model), used instead. Needs Java (the PTB tokenizer).
     """
     from vidlang.evaluation.caption_metrics import CiderD, tokenize
 
@@ -192,7 +193,11 @@ def rerank_by_neighbours(candidates: Sequence[Sequence[str]], train_feats: np.nd
     n = _pooled(train_feats, "train_feats").shape[0]
     if n != len(caps):
         raise DataError(f"train_feats has {n} rows but there are {len(caps)} training videos")
-    nearest = nearest_videos(train_feats, test_feats, k)
+    nearest = np.asarray(nearest_videos(train_feats, test_feats, k) if nearest is None else nearest)
+    if nearest.ndim != 2 or nearest.shape[1] < k or (nearest.size and not 0 <= nearest.min() <= nearest.max() < len(caps)):
+        raise DataError(f"nearest must be (test videos, >= {k}) indices of the {len(caps)} training videos, "
+                        f"got shape {nearest.shape}")
+    nearest = nearest[:, :k]
     if len(cands) != len(nearest):
         raise DataError(f"{len(cands)} candidate lists for {len(nearest)} test videos")
     toks = tokenize({**{("ref", v): c for v, c in enumerate(caps)}, **{("cand", i): c for i, c in enumerate(cands)}})

@@ -4,7 +4,8 @@
 
 Each video is decoded several ways (:data:`CANDIDATE_DECODINGS`). Of those captions, the one kept has
 the highest mean CIDEr-D against all captions of the video's k nearest training videos
-(evaluation.baselines.rerank_by_neighbours: cosine of standardised mean-pooled features). Each
+(evaluation.baselines.rerank_by_neighbours: cosine of standardised mean-pooled features, or, with
+``decode.rerank_retriever``, a TACo model's sentence score: :class:`Retriever`). Each
 video is reranked alone, and only training captions are references. The training videos' pooled
 features and captions (the :class:`CaptionBank`) are kept with every checkpoint
 (``caption_bank.safetensors``).
@@ -23,7 +24,7 @@ import torch
 from safetensors.numpy import load_file, save
 
 from vidlang.data.narration import CaptionDataset
-from vidlang.data.dataset import cut_segment
+from vidlang.data.dataset import cut_segment, sample_frames
 from vidlang.errors import CheckpointError, ConfigError
 from vidlang.evaluation.baselines import nearest_videos, own_consensus_captions, rerank_by_neighbours
 
@@ -41,6 +42,7 @@ class CaptionBank:
     captions: list[list[str]]
     features: np.ndarray  # (N, D) mean over each clip's frames
     consensus: list[str] | None = None  # each video's consensus caption (computed on first use, then saved)
+    retrieval: np.ndarray | None = None  # (N, d) decode.rerank_retriever: each video's mean s1 caption vector
 
     def consensus_captions(self) -> list[str]:
         """Each bank video's own consensus caption (baselines.own_consensus_captions; needs Java once)."""
@@ -52,7 +54,10 @@ class CaptionBank:
         meta = {"keys": json.dumps(self.keys), "captions": json.dumps(self.captions)}
         if self.consensus is not None:
             meta["consensus"] = json.dumps(self.consensus)
-        return save({"features": np.ascontiguousarray(self.features, dtype=np.float32)}, metadata=meta)
+        tensors = {"features": np.ascontiguousarray(self.features, dtype=np.float32)}
+        if self.retrieval is not None:
+            tensors["retrieval"] = np.ascontiguousarray(self.retrieval, dtype=np.float32)
+        return save(tensors, metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "CaptionBank":
@@ -63,23 +68,31 @@ class CaptionBank:
                 meta = f.metadata() or {}
             keys, captions = json.loads(meta["keys"]), json.loads(meta["captions"])
             consensus = json.loads(meta["consensus"]) if "consensus" in meta else None
-            features = load_file(str(path))["features"]
+            tensors = load_file(str(path))
+            features, retrieval = tensors["features"], tensors.get("retrieval")
         except (OSError, KeyError, ValueError, SafetensorError) as e:
             raise CheckpointError(f"{path}: not a caption bank ({e})") from e
-        if not (len(keys) == len(captions) == len(features) == len(consensus or keys)):
+        if not (len(keys) == len(captions) == len(features) == len(consensus or keys) == len(
+                keys if retrieval is None else retrieval)):
             raise CheckpointError(f"{path}: {len(keys)} keys, {len(captions)} caption lists, {len(features)} feature "
-                                  f"rows, {len(consensus or keys)} consensus captions")
-        return cls(keys, captions, features, consensus)
+                                  f"rows, {len(consensus or keys)} consensus captions, "
+                                  f"{len(keys if retrieval is None else retrieval)} retrieval rows")
+        return cls(keys, captions, features, consensus, retrieval)
+
+
+def clip_features(dataset: CaptionDataset, indices: list[int]) -> list[np.ndarray]:
+    """Every frame of each clip's segment (no frame sampling), (T, D) float32."""
+    out = []
+    for i in indices:
+        clip = dataset.clips[i]
+        feats = cut_segment(dataset.store[clip.video_id], clip.start, clip.end, dataset.store.fps, clip.video_id)
+        out.append(np.asarray(feats, dtype=np.float32))
+    return out
 
 
 def pooled_features(dataset: CaptionDataset, indices: list[int]) -> np.ndarray:
     """(len(indices), D): the mean over every frame of each clip's segment (no frame sampling)."""
-    rows = []
-    for i in indices:
-        clip = dataset.clips[i]
-        feats = cut_segment(dataset.store[clip.video_id], clip.start, clip.end, dataset.store.fps, clip.video_id)
-        rows.append(np.asarray(feats, dtype=np.float32).mean(axis=0))
-    return np.stack(rows)
+    return np.stack([f.mean(axis=0) for f in clip_features(dataset, indices)])
 
 
 def build_caption_bank(dataset: CaptionDataset) -> CaptionBank:
@@ -150,17 +163,80 @@ def check_members(loaded, members, method: str | None = None) -> None:
 
 
 def pick_by_neighbours(pools: list[list[str]], pooled: np.ndarray, bank: CaptionBank, k: int,
-                       prior_weight: float = 0.0) -> list[str]:
-    """The neighbour-agreement pick of each pool (``prior_weight``: decode.rerank_prior); a clip whose
+                       prior_weight: float = 0.0, nearest: np.ndarray | None = None) -> list[str]:
+    """The neighbour-agreement pick of each pool (``prior_weight``: decode.rerank_prior; ``nearest``: each
+    clip's nearest bank videos, e.g. :meth:`Retriever.nearest`, else by pooled features); a clip whose
     decodings were all empty stays empty."""
     keep = [i for i, pool in enumerate(pools) if pool]
     out = [""] * len(pools)
     if keep:
         picked = rerank_by_neighbours([pools[i] for i in keep], bank.features, bank.captions, pooled[keep], k,
-                                      prior_weight)
+                                      prior_weight, nearest=None if nearest is None else nearest[keep])
         for i, caption in zip(keep, picked):
             out[i] = caption
     return out
+
+
+@dataclass
+class Retriever:
+    """``decode.rerank_retriever`` (beyond the paper): a TACo model whose sentence score s1 (Eq. 1) finds
+    the rerank's nearest training videos. A training video scores the mean s1 of its captions against
+    the clip, i.e. the clip's s1 vector dotted with the video's mean caption vector (``bank.retrieval``)."""
+
+    model: torch.nn.Module  # a TACo model, in eval mode
+    tokenizer: object
+    max_frames: int  # the TACo model's data.max_frames and data.max_words
+    max_words: int
+    checkpoint: Path | None = None
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def text_vectors(self, captions: list[list[str]], batch_size: int = 256) -> np.ndarray:
+        """(len(captions), d): each video's mean s1 vector over its captions."""
+        flat = [c for caps in captions for c in caps]
+        rows = []
+        for a in range(0, len(flat), batch_size):
+            enc = self.tokenizer(flat[a:a + batch_size], truncation=True, max_length=self.max_words, padding=True,
+                                 return_tensors="pt").to(self._device)
+            rows.append(self.model.sentence_vectors(self.model.encode_text(enc["input_ids"], enc["attention_mask"])))
+        vectors = torch.cat(rows).double().cpu().numpy()
+        first = np.concatenate([[0], np.cumsum([len(c) for c in captions])])
+        return np.stack([vectors[a:b].mean(axis=0) for a, b in zip(first[:-1], first[1:])]).astype(np.float32)
+
+    @torch.no_grad()
+    def nearest(self, clips: list[np.ndarray], bank: CaptionBank, k: int, batch_size: int = 256) -> np.ndarray:
+        """(len(clips), k) indices of each (T, D) clip's k best-scoring bank videos, best first."""
+        if bank.retrieval is None:
+            raise CheckpointError(f"decode.rerank_retriever={self.checkpoint}: the caption bank holds no retrieval "
+                                  "vectors (it was built without the retriever); retrain or drop the retriever")
+        rows = []
+        for a in range(0, len(clips), batch_size):
+            arrays = [sample_frames(c, self.max_frames) for c in clips[a:a + batch_size]]
+            video = torch.zeros(len(arrays), max(len(x) for x in arrays), arrays[0].shape[1])
+            mask = torch.zeros(video.shape[:2], dtype=torch.bool)
+            for i, x in enumerate(arrays):
+                video[i, : len(x)], mask[i, : len(x)] = torch.from_numpy(x), True
+            rows.append(self.model.sentence_vectors(self.model.encode_video(video.to(self._device), mask.to(self._device))))
+        scores = torch.cat(rows).double().cpu().numpy() @ bank.retrieval.astype(np.float64).T
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def load_retriever(path: str | Path, device: torch.device | str = "cpu") -> Retriever:
+    """The :class:`Retriever` of a TACo run (its best checkpoint) or checkpoint folder."""
+    from vidlang import checkpoint as ckpt
+    from vidlang.models.loading import model_from_checkpoint, read_config
+    from vidlang.text.pretrained import load_tokenizer
+
+    folder = ckpt.find_checkpoint(Path(path), "best")
+    cfg = read_config(folder)
+    if (folder / ckpt.TEXT_ENCODER_DIR / "config.json").is_file():  # a shared model folder carries its own
+        cfg.model.text_encoder = str(folder / ckpt.TEXT_ENCODER_DIR)
+    model, cfg, _ = model_from_checkpoint(folder, "taco", cfg)
+    return Retriever(model.to(device), load_tokenizer(cfg.model.text_encoder), cfg.data.max_frames, cfg.data.max_words,
+                     folder)
 
 
 # ----------------------------------------------------------------------------- the second stream

@@ -19,9 +19,11 @@ from vidlang.errors import CheckpointError, ConfigError, DataError
 from vidlang.evaluation.caption_metrics import CaptionScorer
 from vidlang.evaluation.caption_rerank import (
     CaptionBank,
+    Retriever,
     candidate_pools,
     check_members,
     check_neighbours,
+    clip_features,
     fill_neighbour_transcripts,
     pick_by_neighbours,
     pooled_features,
@@ -37,15 +39,17 @@ def is_pretraining(cfg: Config) -> bool:
 
 def caption_dataset(clips: list[Clip], store: FeatureStore, tokenizer, cfg: Config, skip_bad: bool = False,
                     expected_dim: int | None = None, bank: CaptionBank | None = None,
-                    where: str = "this run") -> CaptionDataset:
+                    where: str = "this run", retriever: Retriever | None = None) -> CaptionDataset:
     """The clips as MV-GPT reads them; under ``mvgpt.neighbour_captions`` each clip's transcript is its
-    nearest training videos' captions, from ``bank`` (which ``where`` must hold)."""
+    nearest training videos' captions, from ``bank`` (which ``where`` must hold). ``retriever``
+    (decode.rerank_retriever) finds the rerank's nearest training videos."""
     dataset = CaptionDataset(clips, store, tokenizer, max_frames=cfg.data.max_frames, max_words=cfg.data.max_words,
                              max_target_len=cfg.mvgpt.max_target_len, use_transcript=cfg.mvgpt.use_transcript,
                              skip_bad=skip_bad, expected_dim=expected_dim)
     if cfg.mvgpt.neighbour_captions:
         fill_neighbour_transcripts(dataset, bank, cfg.mvgpt.neighbour_captions, where)
     dataset.caption_bank = bank
+    dataset.retriever = retriever
     return dataset
 
 
@@ -85,7 +89,9 @@ def generate_captions(model: MVGPT, dataset: CaptionDataset, tokenizer, batch_si
         bank = getattr(dataset, "caption_bank", None)
         check_neighbours(k, bank, "this run")
         pools = rerank_pools(model, dataset, tokenizer, batch_size, device, members, **settings)
-        picked = pick_by_neighbours(pools, pooled_features(dataset, indices), bank, k, prior)
+        retriever = getattr(dataset, "retriever", None)
+        nearest = retriever.nearest(clip_features(dataset, indices), bank, k) if retriever is not None else None
+        picked = pick_by_neighbours(pools, pooled_features(dataset, indices), bank, k, prior, nearest)
         return {dataset.keys[i]: caption for i, caption in zip(indices, picked)}
     if members:
         raise ConfigError("pooling members' candidates needs decode.method=rerank")
@@ -162,6 +168,7 @@ def decoding_name(cfg: Config, method: str | None = None, **settings) -> str:
     elif method == "rerank":
         prior = settings.get("rerank_prior", g.rerank_prior)
         stamp = f"rerank{settings.get('rerank_neighbours', g.rerank_neighbours)}" + (f"-prior{prior}" if prior else "")
+        stamp += "-taco" if g.rerank_retriever else ""  # neighbours by a TACo model (decode.rerank_retriever)
     elif method == "nucleus":
         stamp = f"nucleus-p{settings.get('top_p', g.top_p)}-t{settings.get('temperature', g.temperature)}"
     else:
@@ -196,7 +203,8 @@ def caption_folder(loaded, data: str | Path, *, split: str | None = None, annota
     if not clips:
         raise DataError(f"no annotated clip of {data} has features in {features or data}")
     dataset = caption_dataset(clips, store, loaded.tokenizer, cfg, skip_bad, expected_dim=loaded.model.video_dim,
-                              bank=getattr(loaded, "caption_bank", None), where=str(loaded.checkpoint))
+                              bank=getattr(loaded, "caption_bank", None), where=str(loaded.checkpoint),
+                              retriever=getattr(loaded, "retriever", None))
     if (method or cfg.decode.method) == "rerank":  # the run's own members (train.members), then any given
         members = [*getattr(loaded, "members", []), *members]
     check_members(loaded, members, method)

@@ -61,6 +61,10 @@ class TACo(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         return self.text(input_ids, attention_mask)
 
+    def sentence_vectors(self, enc: Encoded) -> torch.Tensor:
+        """The pooled vectors s1 dots (L2-normalised when the model normalises), before any temperature."""
+        return self._normalise(enc).pooled
+
     # -- the three scores -------------------------------------------------------------------------
     def _scale(self, scores: torch.Tensor, which: int) -> torch.Tensor:
         """Scores divided by the learned temperature ``which`` (0: s1, 1: s2), capped at 1/τ = 100."""

@@ -66,6 +66,8 @@ class Task:
         lambda cfg, warmup_linear: warmup_linear(cfg.train.warmup_steps, cfg.train.steps)
     # train.members > 1: None if inference pools the members' outputs under cfg, else what it would take
     pools_members: Callable[[Config], str | None] = lambda cfg: "this task has no way to pool several models"
+    # (runs to train first, the config to train once they exist): e.g. MV-GPT's decode.rerank_retriever recipe
+    prerequisites: Callable[[Config], tuple[list[Config], Config]] = lambda cfg: ([], cfg)
 
 
 def experiment_manifest(source, splits, train_set, val_set=None, test_set=None) -> dict:

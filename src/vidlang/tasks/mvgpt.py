@@ -11,6 +11,8 @@ The training loop (train.py) is shared with every task; this module gives it wha
   kept with the checkpoint;
 - SCST (``mvgpt.scst_steps``, beyond the paper): the model's reward is CIDEr-D against each training
   clip's references (evaluation/caption_reward.py), and the last steps run at a constant lower lr;
+- the rerank's retriever (``decode.rerank_retriever``, beyond the paper): a TACo recipe is trained first
+  into out_dir/retriever on this config's data, splits and seed; its caption vectors join the bank;
 - validation: the loss on the validation clips, and for captioning greedy captions (reranked ones
   under ``decode.method=rerank``, whose training-caption bank is kept with every checkpoint) scored
   with BLEU/ROUGE-L/CIDEr (METEOR's JVM is left for ``vidlang caption``).
@@ -18,16 +20,18 @@ The training loop (train.py) is shared with every task; this module gives it wha
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from vidlang.config import Config
+from vidlang import checkpoint as ckpt
+from vidlang.config import Config, load_config
 from vidlang.data.narration import collate_captions, pair_utterances
 from vidlang.data.shard_stream import caption_transform
 from vidlang.data.sources import Source, open_source, split_clips
 from vidlang.errors import ConfigError
 from vidlang.evaluation.caption_reward import CiderReward
-from vidlang.evaluation.caption_rerank import BANK_FILE, build_caption_bank, fill_neighbour_transcripts
+from vidlang.evaluation.caption_rerank import BANK_FILE, build_caption_bank, fill_neighbour_transcripts, load_retriever
 from vidlang.evaluation.captioning import (
     caption_dataset,
     evaluate_captioning,
@@ -61,8 +65,34 @@ def check_neighbour_captions(cfg: Config) -> None:
                           "no data.transcripts (ASR) and does not train from data.shards")
 
 
+RECIPE_SUFFIXES = (".yaml", ".yml")
+# what the retriever takes from the captioner's config: the same videos, splits and reader settings
+RETRIEVER_DATA = ("root", "features", "annotations", "train_split", "val_split", "test_split", "feature_fps", "skip_bad")
+
+
+def retriever_first(cfg: Config) -> tuple[list[Config], Config]:
+    """decode.rerank_retriever as a TACo recipe: that run first (out_dir/retriever, one model, this
+    config's data, splits, seed and threads), then this config with the retriever at its folder."""
+    recipe = cfg.decode.rerank_retriever
+    if not recipe.endswith(RECIPE_SUFFIXES):
+        return [], cfg
+    if cfg.decode.method != "rerank" or is_pretraining(cfg):
+        raise ConfigError(f"decode.rerank_retriever={recipe} finds the rerank's neighbours: it needs "
+                          "decode.method=rerank and mvgpt.objective=caption")
+    out = Path(cfg.train.out_dir) / ckpt.RETRIEVER_DIR
+    overrides = [f"data.{key}={getattr(cfg.data, key)}" for key in RETRIEVER_DATA if getattr(cfg.data, key) is not None]
+    taco = load_config(recipe, [*overrides, f"train.out_dir={out}", f"train.seed={cfg.train.seed}", "train.members=1",
+                                f"train.threads={cfg.train.threads}", f"train.device={cfg.train.device}"])
+    if taco.task != "taco":
+        raise ConfigError(f"decode.rerank_retriever={recipe} is a {taco.task!r} recipe: the retriever is a TACo model")
+    return [taco], replace(cfg, decode=replace(cfg.decode, rerank_retriever=str(out)))
+
+
 def build_caption_experiment(cfg: Config) -> Experiment:
     check_neighbour_captions(cfg)
+    if cfg.decode.rerank_retriever.endswith(RECIPE_SUFFIXES):
+        raise ConfigError(f"decode.rerank_retriever={cfg.decode.rerank_retriever} is a recipe: `vidlang train` trains "
+                          "it first (tasks/mvgpt.py retriever_first); or give a trained TACo run folder")
     source = open_caption_source(cfg)
     splits = split_clips(source, cfg.data, cfg.train.seed)
     train_clips, val_clips = splits.train, splits.validation
@@ -74,9 +104,14 @@ def build_caption_experiment(cfg: Config) -> Experiment:
     bank = build_caption_bank(train_set) if (cfg.decode.method == "rerank" or k) and not is_pretraining(cfg) else None
     if k:
         fill_neighbour_transcripts(train_set, bank, k, "this run")
-    val_set = caption_dataset(val_clips, source.store, tokenizer, cfg, cfg.data.skip_bad, bank=bank) if val_clips else None
-    test_set = (caption_dataset(splits.test, source.store, tokenizer, cfg, cfg.data.skip_bad, bank=bank)
-                if splits.test else None)
+    retriever = None
+    if cfg.decode.rerank_retriever and bank is not None:
+        retriever = load_retriever(cfg.decode.rerank_retriever)
+        bank.retrieval = retriever.text_vectors(bank.captions)
+    val_set = (caption_dataset(val_clips, source.store, tokenizer, cfg, cfg.data.skip_bad, bank=bank, retriever=retriever)
+               if val_clips else None)
+    test_set = (caption_dataset(splits.test, source.store, tokenizer, cfg, cfg.data.skip_bad, bank=bank,
+                                retriever=retriever) if splits.test else None)
     torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too
     model = MVGPT(cfg, source.store.dim)
     sets = [d for d in (train_set, val_set, test_set) if d is not None]
@@ -116,7 +151,8 @@ def validation_stamp(cfg: Config) -> str:
     method = validation_decoding(cfg)
     if method != "rerank":
         return method
-    return f"rerank{cfg.decode.rerank_neighbours}" + (f"-prior{cfg.decode.rerank_prior}" if cfg.decode.rerank_prior else "")
+    return (f"rerank{cfg.decode.rerank_neighbours}" + (f"-prior{cfg.decode.rerank_prior}" if cfg.decode.rerank_prior else "")
+            + ("-taco" if cfg.decode.rerank_retriever else ""))
 
 
 def validation_keys(cfg: Config) -> tuple[str, ...]:
@@ -147,4 +183,5 @@ TASK = Task(
     lr_schedule=lr_schedule,
     pools_members=lambda cfg: None if cfg.decode.method == "rerank" and not is_pretraining(cfg) else
     "MV-GPT pools captioners' candidates for captioning with decode.method=rerank",
+    prerequisites=retriever_first,
 )
