@@ -58,8 +58,14 @@ def retriever_run(tmp_path_factory, data_dir) -> Path:
     taco.write_text(yaml.safe_dump(recipe))
     out, captioner = root / "run", root / "caption.yaml"
     captioner.write_text("task: mvgpt\n")
-    assert main(["train", "--quiet", str(captioner), *MVGPT_TINY, f"data.root={data_dir}", *RERANK, "train.seed=3",
-                 f"decode.rerank_retriever={taco}", f"train.out_dir={out}"]) in (0, None)
+    command = ["train", "--quiet", str(captioner), *MVGPT_TINY, f"data.root={data_dir}", *RERANK, "train.seed=3",
+               f"decode.rerank_retriever={taco}", f"train.out_dir={out}"]
+    assert main(command) in (0, None)
+    weights = sorted((out / "retriever").glob("step-*/model.safetensors"))
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    assert main(command) in (0, None)  # the same command again resumes: the finished retriever is not retrained
+    assert sorted((out / "retriever").glob("step-*/model.safetensors")) == weights
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
     return out
 
 
@@ -122,6 +128,14 @@ def test_a_missing_or_unusable_retriever_is_named(retriever_run, data_dir, tmp_p
         load_model(broken)
     with pytest.raises(CheckpointError, match="'taco'"):
         load_retriever(retriever_run)  # a captioner is not a retriever
+    stale = tmp_path / "stale"  # a bank whose caption vectors another retriever made
+    shutil.copytree(retriever_run, stale)
+    for file in stale.glob(f"step-*/{BANK_FILE}"):
+        bank = CaptionBank.load(file)
+        bank.retrieval = bank.retrieval[::-1].copy()
+        file.write_bytes(bank.to_bytes())
+    with pytest.raises(CheckpointError, match="retrieval vectors"):
+        load_model(stale)
     captioner = tmp_path / "caption.yaml"
     captioner.write_text("task: mvgpt\n")
     for extra, says in (([f"decode.rerank_retriever={captioner}"], "'mvgpt' recipe"),
@@ -131,6 +145,29 @@ def test_a_missing_or_unusable_retriever_is_named(retriever_run, data_dir, tmp_p
         err = capsys.readouterr().err
         assert "rerank_retriever" in err and says in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_retriever_that_trained_on_held_out_videos_is_refused(retriever_run, data_dir, tmp_path, capsys):
+    from vidlang.checkpoint import TRAIN_IDS, find_checkpoint
+    from vidlang.cli import main
+    from vidlang.config import load_config
+    from vidlang.tasks.mvgpt import build_caption_experiment
+
+    ann, feats, ids, held, split = held_out_split(data_dir, tmp_path)
+    leaky = tmp_path / "leaky"
+    shutil.copytree(retriever_run / "retriever", leaky)
+    ids_file = find_checkpoint(leaky, "best") / TRAIN_IDS
+    ids_file.write_text(ids_file.read_text() + ids[held[0]] + "\n")  # as if it had trained on a held-out video
+    with pytest.raises(ConfigError, match=f"validation/test videos .*{ids[held[0]]}"):
+        build_caption_experiment(load_config(None, [*MVGPT_TINY, f"data.root={data_dir}", *RERANK,
+                                                    "data.val_split=validate", f"decode.rerank_retriever={leaky}"]))
+    moved = tmp_path / "moved"  # a captioner whose retriever is the leaky one: scoring those videos is refused
+    shutil.copytree(retriever_run, moved)
+    shutil.rmtree(moved / "retriever")
+    shutil.copytree(leaky, moved / "retriever")
+    assert main(["caption", str(moved), "--data", str(data_dir), "--split", str(split), "--no-meteor"]) == 2
+    err = capsys.readouterr().err
+    assert ids[held[0]] in err and "retriever" in err and "Traceback" not in err
 
 
 def test_building_a_captioner_with_an_untrained_recipe_is_refused(data_dir, tmp_path):

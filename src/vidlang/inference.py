@@ -125,6 +125,8 @@ def _load(path: Path, which: str, kind: str | None, device: torch.device, text_e
         members = [_load(m, which, "mvgpt", device, cfg.model.text_encoder)
                    for m in _member_folders(folder, cfg.train.members)]
         retriever = _retriever(folder, cfg, device) if cfg.decode.rerank_retriever and not text_encoder else None
+        if retriever is not None:
+            retriever.check_bank(bank, str(folder))
         loaded = LoadedCaptioner(model, cfg, load_tokenizer(cfg.model.text_encoder), folder, meta, device, bank, members,
                                  retriever)
         check_members(loaded, members)

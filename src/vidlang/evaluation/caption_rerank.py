@@ -206,6 +206,13 @@ class Retriever:
         first = np.concatenate([[0], np.cumsum([len(c) for c in captions])])
         return np.stack([vectors[a:b].mean(axis=0) for a, b in zip(first[:-1], first[1:])]).astype(np.float32)
 
+    def check_bank(self, bank: CaptionBank | None, where: str) -> None:
+        """The bank's caption vectors must be this retriever's (its first video's, recomputed)."""
+        if bank is None or bank.retrieval is None or not np.allclose(self.text_vectors(bank.captions[:1])[0], bank.retrieval[0],
+                                                     atol=1e-4):
+            raise CheckpointError(f"{where}: its caption bank's retrieval vectors were not made by the retriever "
+                                  f"{self.checkpoint} (missing or different): use the run's own retriever/ folder")
+
     @torch.no_grad()
     def nearest(self, clips: list[np.ndarray], bank: CaptionBank, k: int, batch_size: int = 256) -> np.ndarray:
         """(len(clips), k) indices of each (T, D) clip's k best-scoring bank videos, best first."""

@@ -209,6 +209,8 @@ def caption_folder(loaded, data: str | Path, *, split: str | None = None, annota
         members = [*getattr(loaded, "members", []), *members]
     check_members(loaded, members, method)
     scored = held_out(loaded.checkpoint, (c.video_id for c in dataset.clips), allow_train_overlap)
+    if getattr(loaded, "retriever", None) is not None:  # the rerank's retriever must not have trained on them either
+        held_out(loaded.retriever.checkpoint, (c.video_id for c in dataset.clips), allow_train_overlap)
     with CaptionScorer(meteor=meteor) as scorer:  # preflight (Java) before the slow decoding
         preds = generate_captions(loaded.model, dataset, loaded.tokenizer, batch_size, device=getattr(loaded, "device", "cpu"),
                                   members=[m.model for m in members], method=method, **settings)

@@ -70,15 +70,28 @@ RECIPE_SUFFIXES = (".yaml", ".yml")
 RETRIEVER_DATA = ("root", "features", "annotations", "train_split", "val_split", "test_split", "feature_fps", "skip_bad")
 
 
+def check_retriever(cfg: Config) -> None:
+    if cfg.decode.rerank_retriever and (cfg.decode.method != "rerank" or is_pretraining(cfg)):
+        raise ConfigError(f"decode.rerank_retriever={cfg.decode.rerank_retriever} finds the rerank's neighbours: it "
+                          "needs decode.method=rerank and mvgpt.objective=caption")
+
+
+def check_retriever_held_out(retriever, held_out_ids: set[str]) -> None:
+    """A retriever trained on a validation or test video would lend it its own captions' fit."""
+    trained = ckpt.read_train_ids(retriever.checkpoint)
+    leaked = sorted(held_out_ids & trained) if trained is not None else []
+    if leaked:
+        raise ConfigError(f"decode.rerank_retriever={retriever.checkpoint} trained on {len(leaked)} of this run's "
+                          f"validation/test videos (e.g. {', '.join(leaked[:3])}): train it on the training split only")
+
+
 def retriever_first(cfg: Config) -> tuple[list[Config], Config]:
     """decode.rerank_retriever as a TACo recipe: that run first (out_dir/retriever, one model, this
     config's data, splits, seed and threads), then this config with the retriever at its folder."""
     recipe = cfg.decode.rerank_retriever
+    check_retriever(cfg)
     if not recipe.endswith(RECIPE_SUFFIXES):
         return [], cfg
-    if cfg.decode.method != "rerank" or is_pretraining(cfg):
-        raise ConfigError(f"decode.rerank_retriever={recipe} finds the rerank's neighbours: it needs "
-                          "decode.method=rerank and mvgpt.objective=caption")
     out = Path(cfg.train.out_dir) / ckpt.RETRIEVER_DIR
     overrides = [f"data.{key}={getattr(cfg.data, key)}" for key in RETRIEVER_DATA if getattr(cfg.data, key) is not None]
     taco = load_config(recipe, [*overrides, f"train.out_dir={out}", f"train.seed={cfg.train.seed}", "train.members=1",
@@ -90,6 +103,7 @@ def retriever_first(cfg: Config) -> tuple[list[Config], Config]:
 
 def build_caption_experiment(cfg: Config) -> Experiment:
     check_neighbour_captions(cfg)
+    check_retriever(cfg)
     if cfg.decode.rerank_retriever.endswith(RECIPE_SUFFIXES):
         raise ConfigError(f"decode.rerank_retriever={cfg.decode.rerank_retriever} is a recipe: `vidlang train` trains "
                           "it first (tasks/mvgpt.py retriever_first); or give a trained TACo run folder")
@@ -107,6 +121,7 @@ def build_caption_experiment(cfg: Config) -> Experiment:
     retriever = None
     if cfg.decode.rerank_retriever and bank is not None:
         retriever = load_retriever(cfg.decode.rerank_retriever)
+        check_retriever_held_out(retriever, {c.video_id for c in [*val_clips, *splits.test]})
         bank.retrieval = retriever.text_vectors(bank.captions)
     val_set = (caption_dataset(val_clips, source.store, tokenizer, cfg, cfg.data.skip_bad, bank=bank, retriever=retriever)
                if val_clips else None)
