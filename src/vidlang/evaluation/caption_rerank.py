@@ -197,6 +197,8 @@ class Retriever:
     def text_vectors(self, captions: list[list[str]], batch_size: int = 256) -> np.ndarray:
         """(len(captions), d): each video's mean s1 vector over its captions."""
         flat = [c for caps in captions for c in caps]
+        # the frozen lower layers' outputs in one batched pass (a caption met alone is computed alone: slow)
+        self.model.text.warm_cache(self.tokenizer(flat, truncation=True, max_length=self.max_words)["input_ids"])
         rows = []
         for a in range(0, len(flat), batch_size):
             enc = self.tokenizer(flat[a:a + batch_size], truncation=True, max_length=self.max_words, padding=True,
